@@ -1,0 +1,35 @@
+# `make run`: environment + the whole default workflow. `make test`: environment + test suite.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
+
+.PHONY: env run test lint envs clean-results
+
+env: $(VENV)/.synced
+
+# uv keeps its cache in ~/.cache/uv: a fresh clone links the same files in a few seconds.
+$(VENV)/.synced: pyproject.toml uv.lock
+	@test -x "$(UV)" || python3 -m pip install --user --quiet uv
+	"$(UV)" sync --frozen
+	@touch $@
+
+run: env
+	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+
+test: env
+	$(BIN)/ruff check wsss_steps tests benchmarks
+	$(BIN)/snakemake --lint
+	$(BIN)/pytest -q
+
+lint: env
+	$(BIN)/ruff check wsss_steps tests benchmarks
+	$(BIN)/snakemake --lint
+
+# Regenerates the conda environment file from the lock (keeps envs/ and uv.lock consistent).
+envs: env
+	$(BIN)/python envs/export_conda_env.py > envs/wsss.yaml
+
+clean-results:
+	rm -rf results logs .snakemake/incomplete

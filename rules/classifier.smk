@@ -1,0 +1,31 @@
+rule train_classifier:
+    input:
+        train=f"results/{{dataset}}/data/{TRAIN_SPLIT}.csv",
+        val=f"results/{{dataset}}/data/{VAL_SPLIT}.csv",
+    output:
+        model="results/{dataset}/classifier/{classifier}/model.pt",
+        metrics="results/{dataset}/classifier/{classifier}/metrics.csv",
+        rows="results/{dataset}/classifier/{classifier}/summary_rows.csv",
+    params:
+        settings=classifier_settings,
+        options=lambda w: cli_options(classifier_settings(w), skip=("checkpoint_every",)),
+        checkpoint_every=lambda w: classifier_settings(w)["checkpoint_every"],
+        checkpoints="results/{dataset}/classifier/{classifier}/checkpoints",
+        device=config["device"],
+    log:
+        "logs/{dataset}/train_classifier_{classifier}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/train_classifier_{classifier}.tsv"
+    threads: RESOURCES["threads"]
+    resources:
+        mem_mb=RESOURCES["train_mem_mb"],
+        runtime=RESOURCES["train_runtime_min"],
+        gpu=GPU,
+    conda:
+        "../envs/wsss.yaml"
+    shell:
+        "python -m wsss_steps.train_classifier --manifest {input.train} --val-manifest {input.val} "
+        "--out {output.model} --metrics {output.metrics} --summary {output.rows} "
+        "--checkpoint-dir {params.checkpoints} --checkpoint-every {params.checkpoint_every} "
+        "--name {wildcards.classifier} --dataset {wildcards.dataset} {params.options} "
+        "--device {params.device} --threads {threads} 2> {log}"

@@ -1,0 +1,36 @@
+"""Config validation: unknown keys named with the allowed ones, before any job starts."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from wsss_steps.config_check import ConfigError, check_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def test_default_config_is_valid() -> None:
+    check_config(CONFIG, SCHEMA)
+
+
+def test_mistyped_key_is_named_with_allowed_keys() -> None:
+    config = copy.deepcopy(CONFIG)
+    config["classifiers"]["cam"]["learning_rate"] = 0.1
+    with pytest.raises(ConfigError) as error:
+        check_config(config, SCHEMA)
+    message = str(error.value)
+    assert "'classifiers.cam.learning_rate'" in message
+    assert "allowed keys here: backbone, backbone_weights, batch_size" in message
+
+
+def test_experiment_must_name_configured_parts() -> None:
+    config = copy.deepcopy(CONFIG)
+    config["experiments"].append({"classifier": "puzzle", "seeds": "cam"})
+    with pytest.raises(ConfigError, match=r"experiments\[1\].classifier = 'puzzle' is not a key of 'classifiers'"):
+        check_config(config, SCHEMA)

@@ -1,0 +1,72 @@
+"""Config checks that JSON-schema messages make hard to read, run by the Snakefile before any job.
+
+`unknown_keys` names each unknown or mistyped key with its path, the allowed keys, and the
+closest match; `check_references` checks that experiments name configured classifiers and seeds.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Mapping
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+def _resolve(schema: Mapping[str, Any], root: Mapping[str, Any]) -> Mapping[str, Any]:
+    while "$ref" in schema:
+        ref = schema["$ref"]
+        if not ref.startswith("#/"):
+            return schema
+        node: Any = root
+        for part in ref[2:].split("/"):
+            node = node[part]
+        schema = node
+    return schema
+
+
+def unknown_keys(config: Any, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None,
+                 path: str = "") -> list[str]:
+    """Messages for keys the schema does not allow, each with the allowed keys."""
+    root = root if root is not None else schema
+    schema = _resolve(schema, root)
+    problems: list[str] = []
+    if isinstance(config, Mapping) and schema.get("type") == "object":
+        properties = schema.get("properties", {})
+        extra = schema.get("additionalProperties", True)
+        for key, value in config.items():
+            where = f"{path}.{key}" if path else str(key)
+            if key in properties:
+                problems += unknown_keys(value, properties[key], root, where)
+            elif extra is False:
+                allowed = sorted(properties)
+                close = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                problems.append(f"unknown config key {where!r}{hint}; allowed keys here: {', '.join(allowed)}")
+            elif isinstance(extra, Mapping):
+                problems += unknown_keys(value, extra, root, where)
+    elif isinstance(config, list) and isinstance(schema.get("items"), Mapping):
+        for index, item in enumerate(config):
+            problems += unknown_keys(item, schema["items"], root, f"{path}[{index}]")
+    return problems
+
+
+def check_references(config: Mapping[str, Any]) -> list[str]:
+    """Experiments must name a configured classifier and seed method."""
+    problems = []
+    for index, experiment in enumerate(config.get("experiments", [])):
+        for section, key in (("classifiers", "classifier"), ("seeds", "seeds")):
+            name = experiment.get(key)
+            if name not in config.get(section, {}):
+                problems.append(f"experiments[{index}].{key} = {name!r} is not a key of '{section}' "
+                                f"(configured: {', '.join(config.get(section, {}))})")
+    return problems
+
+
+def check_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    """Raises ConfigError listing every unknown key and dangling reference."""
+    problems = unknown_keys(config, schema) + check_references(config)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))

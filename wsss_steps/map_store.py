@@ -1,0 +1,209 @@
+"""Per-image maps in HDF5: sharded writing that resumes, and a merge that checks completeness.
+
+File layout (plain h5py / h5ls / h5dump readable):
+- file attributes: ``stage``, ``method``, ``params`` (JSON), ``code_version``, ``dataset``,
+  ``complete`` (set last, before the atomic rename);
+- one group per image id with datasets such as ``cam`` (K, H, W), ``cam_stride4`` (K, h, w),
+  ``keys`` (the K foreground class indices the maps belong to) and attributes ``height``, ``width``;
+  a group's attribute ``complete`` marks it fully written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from wsss_steps import __version__
+
+COMPRESSION = "gzip"
+COMPRESSION_LEVEL = 4
+
+
+class MapStoreError(RuntimeError):
+    """A map file that is incomplete, from other settings, or missing images."""
+
+
+def shard_ids(ids: Sequence[str], shard: int, num_shards: int) -> list[str]:
+    """The contiguous, deterministic slice of ``ids`` that shard ``shard`` (0-based) handles."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard {shard} is outside 0..{num_shards - 1}")
+    bounds = np.linspace(0, len(ids), num_shards + 1).round().astype(int)
+    return list(ids[bounds[shard]:bounds[shard + 1]])
+
+
+def shard_path(directory: str | Path, shard: int, num_shards: int) -> Path:
+    return Path(directory) / f"shard-{shard}-of-{num_shards}.h5"
+
+
+def _file_attrs(stage: str, method: str, params: Mapping[str, Any], dataset: str) -> dict[str, str]:
+    return {"stage": stage, "method": method, "dataset": dataset, "code_version": __version__,
+            "params": json.dumps(params, sort_keys=True)}
+
+
+class MapWriter:
+    """Writes one shard to ``<path>.partial`` and renames it to ``path`` once every image is in.
+
+    A rerun after a kill reopens the partial file and skips the images already complete, as long
+    as the partial file was written with the same stage, method, params and dataset; otherwise
+    it starts over.
+    """
+
+    def __init__(self, path: str | Path, stage: str, method: str, params: Mapping[str, Any],
+                 dataset: str):
+        self.path = Path(path)
+        self.partial_path = self.path.with_name(self.path.name + ".partial")
+        self.attrs = _file_attrs(stage, method, params, dataset)
+        self._file: h5py.File | None = None
+
+    def __enter__(self) -> MapWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.partial_path.exists():
+            try:
+                with h5py.File(self.partial_path, "r") as old:
+                    same = all(old.attrs.get(k) == v for k, v in self.attrs.items() if k != "code_version")
+            except OSError:
+                same = False
+            if not same:
+                self.partial_path.unlink()
+        self._file = h5py.File(self.partial_path, "a")
+        for key, value in self.attrs.items():
+            self._file.attrs[key] = value
+        return self
+
+    def is_done(self, image_id: str) -> bool:
+        assert self._file is not None
+        return image_id in self._file and bool(self._file[image_id].attrs.get("complete", False))
+
+    def write(self, image_id: str, maps: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
+        assert self._file is not None
+        if image_id in self._file:
+            del self._file[image_id]
+        group = self._file.create_group(image_id)
+        for name, array in maps.items():
+            array = np.asarray(array)
+            if array.ndim >= 2 and array.size > 16:
+                group.create_dataset(name, data=array, compression=COMPRESSION,
+                                     compression_opts=COMPRESSION_LEVEL, chunks=True, shuffle=True)
+            else:
+                group.create_dataset(name, data=array)
+        for key, value in attrs.items():
+            group.attrs[key] = value
+        group.attrs["complete"] = True
+        self._file.flush()
+
+    def finish(self, expected_ids: Sequence[str]) -> None:
+        """Checks every expected id is complete, then publishes the shard under its final name."""
+        assert self._file is not None
+        missing = [i for i in expected_ids if not self.is_done(i)]
+        if missing:
+            raise MapStoreError(f"{self.partial_path}: {len(missing)} image(s) not written, e.g. {missing[:5]}")
+        self._file.attrs["complete"] = True
+        self._file.close()
+        self._file = None
+        os.replace(self.partial_path, self.path)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _open_complete(path: Path) -> h5py.File:
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as error:
+        raise MapStoreError(f"map file {path} cannot be opened: {error}") from error
+    if not handle.attrs.get("complete", False):
+        handle.close()
+        raise MapStoreError(f"map file {path} is not marked complete (killed while writing?)")
+    return handle
+
+
+def merge_shards(shard_paths: Sequence[str | Path], out_path: str | Path,
+                 expected_ids: Sequence[str], link: bool = False) -> None:
+    """Merges shards into one file holding every expected id (copies, or external links).
+
+    Raises when an id is missing, appears twice, is not expected, or the shards disagree on their
+    settings. The merged file is written under a temporary name and renamed at the end.
+    """
+    out_path = Path(out_path)
+    tmp_path = out_path.with_name(out_path.name + ".partial")
+    seen: dict[str, Path] = {}
+    attrs: dict[str, Any] | None = None
+    with h5py.File(tmp_path, "w") as out:
+        for shard in map(Path, shard_paths):
+            with _open_complete(shard) as source:
+                shard_attrs = {k: source.attrs[k] for k in ("stage", "method", "params", "dataset")}
+                if attrs is None:
+                    attrs = dict(source.attrs)
+                elif any(attrs[k] != v for k, v in shard_attrs.items()):
+                    raise MapStoreError(f"shard {shard} was written with other settings than {shard_paths[0]}")
+                for image_id in source:
+                    if image_id in seen:
+                        raise MapStoreError(f"image {image_id!r} is in both {seen[image_id]} and {shard}")
+                    seen[image_id] = shard
+                    if link:
+                        out[image_id] = h5py.ExternalLink(os.path.relpath(shard, out_path.parent), image_id)
+                    else:
+                        source.copy(source[image_id], out, name=image_id)
+        missing = [i for i in expected_ids if i not in seen]
+        extra = sorted(set(seen) - set(expected_ids))
+        if missing or extra:
+            raise MapStoreError(
+                f"merging into {out_path}: {len(missing)} expected image(s) missing (e.g. {missing[:5]}), "
+                f"{len(extra)} unexpected (e.g. {extra[:5]})"
+            )
+        for key, value in (attrs or {}).items():
+            out.attrs[key] = value
+        out.attrs["num_images"] = len(seen)
+        out.attrs["complete"] = True
+    os.replace(tmp_path, out_path)
+
+
+class MapReader:
+    """Reads a complete map file (a merged stage output or a single shard)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._file = _open_complete(self.path)
+        self.attrs = dict(self._file.attrs)
+        self.params: dict[str, Any] = json.loads(self.attrs.get("params", "{}"))
+
+    def __enter__(self) -> MapReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self._file.keys())
+
+    def __contains__(self, image_id: str) -> bool:
+        return image_id in self._file
+
+    def read(self, image_id: str, names: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        if image_id not in self._file:
+            raise MapStoreError(f"image {image_id!r} is not in {self.path}")
+        group = self._file[image_id]
+        return {name: group[name][()] for name in (names or group.keys())}
+
+    def image_attrs(self, image_id: str) -> dict[str, Any]:
+        return dict(self._file[image_id].attrs)
+
+    def require(self, ids: Sequence[str]) -> None:
+        missing = [i for i in ids if i not in self._file]
+        if missing:
+            raise MapStoreError(f"{self.path} lacks {len(missing)} image(s) of the split, e.g. {missing[:5]}")
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._file.keys())

@@ -1,0 +1,1 @@
+"""Networks: backbones (backbones.py) and the CAM classifier (classifier.py)."""

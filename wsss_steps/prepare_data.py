@@ -1,0 +1,48 @@
+"""Checks a dataset split and writes its manifest (classes.txt + {split}.csv) for later steps.
+
+Every image is opened: a missing or unreadable file, a mask value outside the classes, an id with
+path separators, an image without a label or an unknown class name stops here, with every problem
+listed, before any training starts.
+
+Example::
+
+    python -m wsss_steps.prepare_data --kind voc2012 --root data/VOCdevkit/VOC2012 \\
+        --name voc12 --split train_aug --out-dir results/voc12/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+
+from wsss_steps.datasets import build_manifest, open_dataset, write_manifest
+from wsss_steps.logs import setup_logging
+
+log = logging.getLogger("wsss_steps.prepare_data")
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m wsss_steps.prepare_data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kind", required=True, choices=["generated", "custom", "voc2012"])
+    parser.add_argument("--root", required=True, help="dataset root folder")
+    parser.add_argument("--name", required=True, help="dataset name used in results/")
+    parser.add_argument("--split", required=True, help="split name (ImageSets/Segmentation/<split>.txt)")
+    parser.add_argument("--out-dir", required=True, help="folder for classes.txt and <split>.csv")
+    parser.add_argument("--labels-csv", help="labels CSV (custom datasets; default <root>/labels.csv)")
+    parser.add_argument("--label-source", default="masks", choices=["masks", "xml"],
+                        help="voc2012: image-level labels from the masks (as IRN) or from Annotations/")
+    parser.add_argument("--require-masks", action="store_true",
+                        help="every image must have a ground-truth mask (evaluation splits)")
+    args = parser.parse_args(argv)
+    setup_logging()
+    dataset = open_dataset({"kind": args.kind, "root": args.root, "name": args.name,
+                            "labels_csv": args.labels_csv, "label_source": args.label_source})
+    manifest = build_manifest(dataset, args.split, require_masks=args.require_masks)
+    path = write_manifest(manifest, args.out_dir)
+    log.info("%s: %d images, %d classes → %s", args.split, len(manifest.records), manifest.num_classes, path)
+
+
+if __name__ == "__main__":
+    main()
