@@ -15,8 +15,9 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	"$(UV)" sync --frozen
 	@touch $@
 
+# Jobs call `python`: the environment's bin/ goes first on PATH (as `source .venv/bin/activate`).
 run: env
-	$(BIN)/snakemake --profile profiles/local --cores $(CORES)
+	PATH="$(abspath $(BIN)):$$PATH" snakemake --profile profiles/local --cores $(CORES)
 
 test: env
 	$(BIN)/ruff check wsss_steps tests benchmarks

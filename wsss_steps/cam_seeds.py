@@ -34,7 +34,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--shard", type=int, default=0, help="0-based shard index")
     parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--scales", type=float, nargs="+", default=[1.0, 0.5, 1.5, 2.0])
-    parser.add_argument("--no-flip", dest="flip", action="store_false", help="skip the flipped pass")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True,
+                        help="also run the horizontally flipped image")
     parser.add_argument("--method", default="cam", help="method name stored in the file")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")

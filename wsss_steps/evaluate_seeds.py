@@ -1,0 +1,324 @@
+"""Evaluates seed maps against ground-truth masks over a sweep of background thresholds.
+
+At threshold t an image's label map is the argmax over [t, maps] (ties go to background), its
+classes being the map's ``keys``; the confusion matrix over background + C classes sums over all
+images, ignoring ground-truth 255 (METHODS section 7). With ``--crf`` (stage ``seeds_crf``) each
+label map is refined by the dCRF of METHODS section 5 (IRN_CRF) before it is counted.
+
+Every image of the manifest must have maps, a readable mask and matching sizes: anything else is an
+error naming the image and file. Scores are fractions in [0, 1] (not percent).
+
+Outputs: the curve (one row per threshold), per-class scores at the best threshold (highest mIoU,
+the lowest threshold on a tie) and summary rows in the long form of results/summary.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from wsss_steps.crf import IRN_CRF, crf_from_labels
+from wsss_steps.datasets import ImageRecord, Manifest, read_manifest
+from wsss_steps.image_io import IGNORE_LABEL, read_image, read_label_mask
+from wsss_steps.map_store import MapReader, MapStoreError
+from wsss_steps.metrics import (
+    confusion_matrix,
+    mean_iou,
+    segmentation_scores,
+    threshold_confusion_matrices,
+)
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = ("dataset", "stage", "method", "classifier", "split", "metric", "value")
+PER_CLASS_SCORES = ("iou", "precision", "recall", "fp_rate", "fn_rate")
+DEFAULT_THRESHOLDS = (0.05, 0.80, 0.05)  # P-NOC's sweep (METHODS section 7)
+
+
+class EvaluationError(RuntimeError):
+    """An image that cannot be evaluated; the message names the image id and the file."""
+
+
+def threshold_list(start: float, stop: float, step: float) -> list[float]:
+    """start, start + step, ..., stop (inclusive), rounded so that e.g. 0.05·k is the float 0.15."""
+    if step <= 0 or stop < start:
+        raise ValueError(f"thresholds need step > 0 and stop >= start; got {start} {stop} {step}")
+    count = int(np.floor((stop - start) / step + 1e-9)) + 1
+    return [round(start + i * step, 10) for i in range(count)]
+
+
+@dataclass
+class SeedImage:
+    """What one image contributes: its maps, their classes and its ground truth."""
+
+    image_id: str
+    cam: np.ndarray  # (K, H, W) float32
+    keys: np.ndarray  # (K,) 0-based foreground class indices
+    mask: np.ndarray  # (H, W) uint8, 0..C and 255
+
+
+def load_seed_image(reader: MapReader, record: ImageRecord, map_name: str, num_classes: int) -> SeedImage:
+    """Reads and checks one image's maps and mask; raises EvaluationError naming id and file."""
+    image_id = record.image_id
+    if image_id not in reader:
+        raise EvaluationError(f"image {image_id!r} has no maps in {reader.path}")
+    data = reader.read(image_id)
+    for name in (map_name, "keys"):
+        if name not in data:
+            raise EvaluationError(f"image {image_id!r} in {reader.path} has no dataset {name!r} "
+                                  f"(it holds {sorted(data)})")
+    cam = np.asarray(data[map_name], dtype=np.float32)
+    keys = np.asarray(data["keys"]).astype(np.int64).reshape(-1)
+    if cam.ndim != 3 or cam.shape[0] != keys.size:
+        raise EvaluationError(f"image {image_id!r} in {reader.path}: {map_name!r} has shape {cam.shape} "
+                              f"for {keys.size} keys; expected (K, H, W) with K = {keys.size}")
+    if keys.size and (keys.min() < 0 or keys.max() >= num_classes or np.unique(keys).size != keys.size):
+        raise EvaluationError(f"image {image_id!r} in {reader.path}: keys {keys.tolist()} are not distinct "
+                              f"class indices in 0..{num_classes - 1}")
+    if not np.isfinite(cam).all():
+        raise EvaluationError(f"image {image_id!r} in {reader.path}: {map_name!r} holds NaN or infinite values")
+    if record.mask_path is None:
+        raise EvaluationError(f"image {image_id!r} has no ground-truth mask in the manifest")
+    try:
+        mask = read_label_mask(record.mask_path)
+    except (OSError, ValueError) as error:
+        raise EvaluationError(f"image {image_id!r}: cannot read mask {record.mask_path}: {error}") from error
+    if cam.shape[1:] != mask.shape:
+        raise EvaluationError(f"image {image_id!r}: maps in {reader.path} are {cam.shape[1:]}, "
+                              f"mask {record.mask_path} is {mask.shape}")
+    bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(num_classes + 1), IGNORE_LABEL])
+    if bad.size:
+        raise EvaluationError(f"image {image_id!r}: mask {record.mask_path} holds values {bad.tolist()} "
+                              f"outside 0..{num_classes} and {IGNORE_LABEL}")
+    return SeedImage(image_id, cam, keys, mask)
+
+
+def foreground_argmax(cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel the best class (1..C, mask numbering) and its score; with no map, 0 and -inf."""
+    if cam.shape[0] == 0:
+        shape = cam.shape[1:]
+        return np.zeros(shape, dtype=np.int64), np.full(shape, -np.inf, dtype=np.float32)
+    best = np.argmax(cam, axis=0)
+    score = np.take_along_axis(cam, best[None], axis=0)[0]
+    return keys[best] + 1, score
+
+
+def sweep_confusions(seed: SeedImage, thresholds: Sequence[float], num_labels: int) -> np.ndarray:
+    """(T, L, L) confusion matrices of one image at every threshold, without CRF."""
+    fg_label, fg_score = foreground_argmax(seed.cam, seed.keys)
+    return threshold_confusion_matrices(seed.mask, fg_label, fg_score, thresholds, num_labels)
+
+
+def crf_confusions(seed: SeedImage, image: np.ndarray, thresholds: Sequence[float],
+                   num_labels: int) -> np.ndarray:
+    """(T, L, L) confusion matrices of one image at every threshold, each label map refined by dCRF."""
+    # Compact labels 0..K keep the CRF small (as IRN); `lut` maps them back to mask numbering.
+    lut = np.r_[0, seed.keys + 1]
+    result = np.empty((len(thresholds), num_labels, num_labels), dtype=np.int64)
+    for i, threshold in enumerate(thresholds):
+        padded = np.concatenate([np.full((1, *seed.cam.shape[1:]), threshold, dtype=seed.cam.dtype),
+                                 seed.cam])
+        compact = np.argmax(padded, axis=0)
+        refined = crf_from_labels(image, compact, lut.size, IRN_CRF)
+        result[i] = confusion_matrix(seed.mask, lut[refined], num_labels)
+    return result
+
+
+class _CrfJob:
+    """Evaluates one image with CRF; opens the map file lazily so it can live in a worker process."""
+
+    def __init__(self, map_path: Path, map_name: str, num_classes: int, thresholds: Sequence[float]):
+        self.map_path = map_path
+        self.map_name = map_name
+        self.num_classes = num_classes
+        self.thresholds = list(thresholds)
+        self._reader: MapReader | None = None
+
+    def __call__(self, record: ImageRecord) -> np.ndarray:
+        if self._reader is None:
+            self._reader = MapReader(self.map_path)
+        seed = load_seed_image(self._reader, record, self.map_name, self.num_classes)
+        try:
+            image = read_image(record.image_path)
+        except (OSError, ValueError) as error:
+            raise EvaluationError(f"image {record.image_id!r}: cannot read {record.image_path}: {error}") from error
+        if image.shape[:2] != seed.mask.shape:
+            raise EvaluationError(f"image {record.image_id!r}: {record.image_path} is {image.shape[:2]}, "
+                                  f"mask {record.mask_path} is {seed.mask.shape}")
+        return crf_confusions(seed, image, self.thresholds, self.num_classes + 1)
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+
+_WORKER_JOB: _CrfJob | None = None
+
+
+def _init_worker(map_path: Path, map_name: str, num_classes: int, thresholds: Sequence[float]) -> None:
+    global _WORKER_JOB
+    _WORKER_JOB = _CrfJob(map_path, map_name, num_classes, thresholds)
+
+
+def _run_worker(record: ImageRecord) -> np.ndarray:
+    assert _WORKER_JOB is not None
+    return _WORKER_JOB(record)
+
+
+def _crf_results(manifest: Manifest, map_path: Path, map_name: str, thresholds: Sequence[float],
+                 workers: int) -> Iterator[np.ndarray]:
+    if workers <= 1:
+        job = _CrfJob(map_path, map_name, manifest.num_classes, thresholds)
+        try:
+            for record in manifest.records:
+                yield job(record)
+        finally:
+            job.close()
+        return
+    # spawn: no worker inherits the parent's HDF5 state; imap keeps the manifest's order.
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(workers, initializer=_init_worker,
+                      initargs=(map_path, map_name, manifest.num_classes, list(thresholds))) as pool:
+        yield from pool.imap(_run_worker, manifest.records, chunksize=1)
+
+
+def evaluate_seeds(manifest: Manifest, map_path: str | Path, map_name: str,
+                   thresholds: Sequence[float], crf: bool = False, workers: int = 1) -> np.ndarray:
+    """Summed confusion matrices (T, L, L), L = C + 1, of all the manifest's images per threshold.
+
+    Checks first that every image has maps (all missing ids in one error), then reads each image.
+    """
+    map_path = Path(map_path)
+    num_labels = manifest.num_classes + 1
+    total = np.zeros((len(thresholds), num_labels, num_labels), dtype=np.int64)
+    try:
+        reader = MapReader(map_path)
+    except MapStoreError as error:
+        raise EvaluationError(str(error)) from error
+    with reader:
+        missing = [i for i in manifest.ids if i not in reader]
+        if missing:
+            raise EvaluationError(f"{map_path} lacks {len(missing)} image(s) of the manifest: "
+                                  f"{missing[:20]}{' ...' if len(missing) > 20 else ''}")
+        if not crf:
+            for record in tqdm(manifest.records, desc="seed sweep", unit="img"):
+                seed = load_seed_image(reader, record, map_name, manifest.num_classes)
+                total += sweep_confusions(seed, thresholds, num_labels)
+            return total
+    results = _crf_results(manifest, map_path, map_name, thresholds, workers)
+    for result in tqdm(results, total=len(manifest.records), desc="seed sweep + CRF", unit="img"):
+        total += result
+    return total
+
+
+def best_index(mious: np.ndarray) -> int:
+    """The index of the highest mIoU; the first (lowest threshold, in sweep order) on a tie."""
+    return int(np.argmax(mious))
+
+
+def _format(value: float) -> str:
+    return "nan" if np.isnan(value) else repr(float(value))
+
+
+def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def write_outputs(confusions: np.ndarray, thresholds: Sequence[float], class_names: Sequence[str],
+                  identity: dict[str, str], curve_path: Path, per_class_path: Path,
+                  summary_path: Path, num_images: int) -> dict[str, float]:
+    """Writes curve, per-class and summary files; returns miou and best_threshold."""
+    scores = segmentation_scores(confusions)  # each (T, L)
+    mious = np.asarray(mean_iou(confusions)).reshape(-1)
+    with np.errstate(all="ignore"):
+        means = {name: np.nanmean(values, axis=-1) for name, values in scores.items()}
+    _write_csv(curve_path, ["threshold", "miou", "mean_precision", "mean_recall", "mean_fp_rate", "mean_fn_rate"],
+               [[repr(t), _format(mious[i]), _format(means["precision"][i]), _format(means["recall"][i]),
+                 _format(means["fp_rate"][i]), _format(means["fn_rate"][i])]
+                for i, t in enumerate(thresholds)])
+    best = best_index(mious)
+    names = ["background", *class_names]
+    _write_csv(per_class_path, ["class", *PER_CLASS_SCORES],
+               [[name] + [_format(scores[s][best, c]) for s in PER_CLASS_SCORES] for c, name in enumerate(names)])
+    key = [identity[c] for c in SUMMARY_COLUMNS[:5]]
+    rows = [key + ["miou", _format(mious[best])],
+            key + ["best_threshold", repr(thresholds[best])],
+            key + ["mean_precision", _format(means["precision"][best])],
+            key + ["mean_recall", _format(means["recall"][best])],
+            key + ["num_images", str(num_images)]]
+    for score in PER_CLASS_SCORES:
+        rows += [key + [f"{score}/{name}", _format(scores[score][best, c])] for c, name in enumerate(names)]
+    _write_csv(summary_path, SUMMARY_COLUMNS, rows)
+    return {"miou": float(mious[best]), "best_threshold": float(thresholds[best])}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m wsss_steps.evaluate_seeds",
+        description="mIoU of seed maps against ground-truth masks over a background-threshold sweep "
+                    "(optionally with dCRF): curve, per-class scores and summary rows.")
+    parser.add_argument("--manifest", required=True, type=Path, help="manifest CSV of the split (classes.txt beside it)")
+    parser.add_argument("--maps", required=True, type=Path, help="merged seed map file (HDF5)")
+    parser.add_argument("--map-name", default="cam", help="dataset of each image group to evaluate (default: cam)")
+    parser.add_argument("--thresholds", nargs=3, type=float, metavar=("START", "STOP", "STEP"),
+                        default=DEFAULT_THRESHOLDS, help="background thresholds, STOP included (default: 0.05 0.80 0.05)")
+    parser.add_argument("--crf", action="store_true", help="refine each label map with dCRF (IRN settings) before scoring")
+    parser.add_argument("--crf-thresholds", nargs=3, type=float, metavar=("START", "STOP", "STEP"),
+                        help="thresholds for the CRF sweep (default: those of --thresholds)")
+    parser.add_argument("--workers", type=int, default=1, help="processes for the CRF (default: 1)")
+    parser.add_argument("--curve", required=True, type=Path, help="output CSV: one row per threshold")
+    parser.add_argument("--per-class", required=True, type=Path, help="output CSV: per-class scores at the best threshold")
+    parser.add_argument("--summary", required=True, type=Path, help="output CSV: rows for results/summary.csv")
+    parser.add_argument("--dataset", help="dataset name (default: the manifest's)")
+    parser.add_argument("--stage", help="stage name (default: seeds, or seeds_crf with --crf)")
+    parser.add_argument("--method", help="seed method (default: the map file's 'method' attribute)")
+    parser.add_argument("--classifier", default="", help="classifier variant the seeds come from")
+    parser.add_argument("--split", help="split name (default: the manifest's)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.workers < 1:
+        raise SystemExit("--workers must be >= 1")
+    manifest = read_manifest(args.manifest)
+    spec = args.crf_thresholds if (args.crf and args.crf_thresholds) else args.thresholds
+    thresholds = threshold_list(*spec)
+    method = args.method
+    if method is None:
+        with MapReader(args.maps) as reader:
+            method = str(reader.attrs.get("method", ""))
+        if not method:
+            raise SystemExit(f"--method not given and {args.maps} has no 'method' attribute")
+    identity = {"dataset": args.dataset or manifest.dataset,
+                "stage": args.stage or ("seeds_crf" if args.crf else "seeds"),
+                "method": method, "classifier": args.classifier, "split": args.split or manifest.split}
+    log.info("evaluating %s/%s of %s: %d images, %d thresholds%s", args.maps, args.map_name,
+             args.manifest, len(manifest.records), len(thresholds), " with CRF" if args.crf else "")
+    confusions = evaluate_seeds(manifest, args.maps, args.map_name, thresholds, crf=args.crf,
+                                workers=args.workers)
+    result = write_outputs(confusions, thresholds, manifest.class_names, identity, args.curve,
+                           args.per_class, args.summary, len(manifest.records))
+    log.info("best threshold %.2f: mIoU %.4f", result["best_threshold"], result["miou"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
