@@ -1,5 +1,6 @@
 # Weakly supervised semantic segmentation and localisation from image-level labels.
-# Stages: data → classifier → seeds → evaluation → summary. See README.md.
+# Stages: data → classifier → seeds → affinity labels → relation network → random walk →
+# pseudo masks; evaluations → results/summary.csv. See README.md.
 
 from snakemake.utils import min_version
 
@@ -14,6 +15,7 @@ include: "rules/data.smk"
 include: "rules/classifier.smk"
 include: "rules/seeds.smk"
 include: "rules/evaluation.smk"
+include: "rules/pseudo_masks.smk"
 
 
 rule all:

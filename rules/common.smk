@@ -69,6 +69,18 @@ def seed_settings(wildcards):
     return config["seeds"][wildcards.seeds]
 
 
+SEED_MODULES = {
+    "cam": "wsss_steps.cam_seeds",
+    "advcam": "wsss_steps.advcam",
+    "advcam_sal": "wsss_steps.advcam",
+}
+
+
+def seed_inputs(wildcards):
+    settings = seed_settings(wildcards)
+    return {"saliency": settings["saliency"]} if "saliency" in settings else {}
+
+
 def shard_paths(wildcards):
     return expand(
         "results/{dataset}/seeds/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
@@ -85,8 +97,10 @@ def summary_row_files():
         f"results/{DATASET}/classifier/{name}/summary_rows.csv"
         for name in sorted({e["classifier"] for e in EXPERIMENTS})
     ]
-    stages = ["seeds", "seeds_crf"] if config["evaluation"]["seeds"]["crf"] else ["seeds"]
+    seed_stages = ["seeds", "seeds_crf"] if config["evaluation"]["seeds"]["crf"] else ["seeds"]
+    mask_stages = ["pseudo_masks", "pseudo_masks_crf"] if config["pseudo_masks"]["crf"] else ["pseudo_masks"]
     for experiment in EXPERIMENTS:
+        stages = seed_stages + (mask_stages if experiment["pseudo_masks"] else [])
         for stage in stages:
             rows.append(
                 f"results/{DATASET}/eval/{stage}/{experiment['classifier']}/{experiment['seeds']}/summary_rows.csv"

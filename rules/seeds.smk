@@ -1,8 +1,6 @@
-SEED_MODULES = {"cam": "wsss_steps.cam_seeds"}
-
-
 rule seeds_shard:
     input:
+        unpack(seed_inputs),
         classifier="results/{dataset}/classifier/{classifier}/model.pt",
         manifest=f"results/{{dataset}}/data/{SEED_SPLIT}.csv",
     output:
@@ -20,6 +18,7 @@ rule seeds_shard:
     resources:
         mem_mb=RESOURCES["infer_mem_mb"],
         runtime=RESOURCES["infer_runtime_min"],
+        gpu=lambda w: GPU if seed_settings(w)["method"] != "cam" else 0,
     conda:
         "../envs/wsss.yaml"
     shell:

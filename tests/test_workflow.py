@@ -28,6 +28,7 @@ TINY = {
     "experiments": [{"classifier": "cam", "seeds": "cam"}],
     "evaluation": {"seeds": {"thresholds": [0.1, 0.5, 0.1], "crf": True, "crf_thresholds": [0.2, 0.4, 0.2],
                              "crf_workers": 1}},
+    "relation": {"epochs": 1, "batch_size": 8, "crop": 64},
     "resources": {"threads": 1},
 }
 
@@ -62,7 +63,7 @@ def test_summary_has_contract_rows(finished_run: Path) -> None:
     summary = pd.read_csv(finished_run / "results" / "summary.csv")
     assert {"dataset", "stage", "method", "split", "metric", "value"} <= set(summary.columns)
     mious = summary[summary.metric == "miou"].set_index("stage")["value"]
-    assert set(mious.index) == {"seeds", "seeds_crf"}
+    assert set(mious.index) == {"seeds", "seeds_crf", "pseudo_masks", "pseudo_masks_crf"}
     assert ((mious > 0) & (mious <= 1)).all()
     assert (summary[(summary.stage == "classifier") & (summary.metric == "map")]["value"] > 0).all()
 
@@ -100,7 +101,9 @@ def test_classifier_setting_reruns_classifier_and_what_follows(finished_run: Pat
     finally:
         write_config(finished_run, TINY)
     assert jobs == {"train_classifier": 1, "seeds_shard": 2, "merge_seeds": 1, "evaluate_seeds": 2,
-                    "summary": 1, "all": 1}
+                    "affinity_labels_shard": 2, "merge_affinity_labels": 1, "train_relation": 1,
+                    "random_walk_shard": 2, "merge_random_walk": 1, "pseudo_masks": 1,
+                    "evaluate_pseudo_masks": 1, "evaluate_pseudo_masks_crf": 1, "summary": 1, "all": 1}
 
 
 def test_unknown_config_key_fails_before_any_job(tmp_path: Path) -> None:

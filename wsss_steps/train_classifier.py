@@ -22,13 +22,9 @@ Example:
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
-import json
 import logging
 import math
-import os
-import random
 import sys
 import time
 from collections.abc import Sequence
@@ -38,7 +34,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
@@ -50,13 +45,21 @@ from wsss_steps.networks.backbones import BACKBONES, OUTPUT_STRIDES, build_backb
 from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.io import atomic_torch_save, save_classifier
 from wsss_steps.preprocess import normalize_image, resolve_device
+from wsss_steps.training import (
+    CHECKPOINT_FORMAT,
+    POLY_POWER,
+    load_checkpoint,
+    poly_lr_factor,
+    seed_worker,
+    set_bn_frozen,
+    settings_hash,
+    write_csv,
+)
 
 log = logging.getLogger("wsss_steps.train_classifier")
 
 VARIANTS: tuple[str, ...] = ("cam",)
 MOMENTUM = 0.9
-POLY_POWER = 0.9
-CHECKPOINT_FORMAT = "wsss_train_checkpoint/1"
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_map", "seconds")
 SUMMARY_COLUMNS = ("dataset", "stage", "method", "classifier", "split", "metric", "value")
 
@@ -89,14 +92,6 @@ class ClassificationDataset(Dataset):
         else:
             array = self.augmentation(image, sample_rng(self.seed, self.epoch, index))["image"]
         return torch.from_numpy(array), torch.from_numpy(self.labels[index]), index
-
-
-def _seed_worker(worker_id: int) -> None:
-    # Augmentation never uses global generators; seeding them (torch already gives each worker
-    # base seed + worker id) keeps any library that does reproducible too.
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)  # noqa: NPY002
-    random.seed(seed)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -197,53 +192,6 @@ def training_settings(args: argparse.Namespace, manifest: Manifest) -> dict[str,
     }
 
 
-def settings_hash(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-
-
-def poly_lr_factor(step: int, total_steps: int, power: float = POLY_POWER) -> float:
-    return (1.0 - step / total_steps) ** power if step < total_steps else 0.0
-
-
-def set_bn_frozen(model: nn.Module) -> None:
-    """BatchNorm layers to eval mode (running statistics used and kept); affine weights still train."""
-    for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            module.eval()
-
-
-def _write_csv(path: Path, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(columns))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: row.get(k, "") for k in columns})
-    os.replace(tmp, path)
-
-
-def _load_checkpoint(path: Path, expected_hash: str, settings: dict[str, Any]) -> dict[str, Any] | None:
-    if not path.is_file():
-        log.info("no checkpoint at %s: starting fresh", path)
-        return None
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a torn or foreign file must not stop a fresh start
-        log.warning("checkpoint %s could not be read (%s): starting fresh", path, error)
-        return None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        log.warning("%s is not a training checkpoint of this step: starting fresh", path)
-        return None
-    if checkpoint.get("settings_hash") != expected_hash:
-        old = checkpoint.get("settings") or {}
-        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-        log.warning("checkpoint %s was written with other settings (differing: %s): starting fresh",
-                    path, ", ".join(changed) or "unknown")
-        return None
-    return checkpoint
-
-
 @torch.no_grad()
 def predict_logits(model: CamClassifier, dataset: ClassificationDataset, device: torch.device,
                    batch_size: int, num_workers: int = 0) -> np.ndarray:
@@ -321,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start_epoch, step, history = 0, 0, []
     checkpoint_path = args.checkpoint_dir / "last.pt" if args.checkpoint_dir else None
     if checkpoint_path is not None:
-        checkpoint = _load_checkpoint(checkpoint_path, expected_hash, settings)
+        checkpoint = load_checkpoint(checkpoint_path, expected_hash, settings)
         if checkpoint is not None:
             model.load_state_dict(checkpoint["model"])
             optimizer.load_state_dict(checkpoint["optimizer"])
@@ -342,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         order = epoch_permutation(args.seed, epoch, num_images).tolist()
         loader = DataLoader(
             train_set, batch_size=args.batch_size, sampler=order, drop_last=drop_last,
-            num_workers=args.num_workers, worker_init_fn=_seed_worker,
+            num_workers=args.num_workers, worker_init_fn=seed_worker,
             generator=torch.Generator().manual_seed(epoch_torch_seed(args.seed, epoch)),
             pin_memory=device.type == "cuda")
         model.train()
@@ -381,7 +329,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  args.epochs, row["train_loss"], row.get("val_loss", "-") or "-",
                  row.get("val_map", "-") or "-", row["lr"], row["seconds"])
         if args.metrics:
-            _write_csv(args.metrics, METRIC_COLUMNS, history)
+            write_csv(args.metrics, METRIC_COLUMNS, history)
         epochs_this_run += 1
         stopping = (args.stop_after_epochs is not None and epochs_this_run >= args.stop_after_epochs
                     and epoch + 1 < args.epochs)
@@ -401,7 +349,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if val_set is not None and last_eval is None:
         last_eval = evaluate(model, val_set, device, args.batch_size, args.num_workers)
     if args.metrics:
-        _write_csv(args.metrics, METRIC_COLUMNS, history)
+        write_csv(args.metrics, METRIC_COLUMNS, history)
     meta = {
         "variant": args.variant, "class_names": list(train_manifest.class_names),
         "dataset": dataset_name, "name": args.name, "training": settings, "epochs_trained": args.epochs,
@@ -415,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for row in rows:
             row.update(dataset=dataset_name, stage="classifier", method=args.variant,
                        classifier=args.name, split="val")
-        _write_csv(args.summary, SUMMARY_COLUMNS, rows)
+        write_csv(args.summary, SUMMARY_COLUMNS, rows)
     log.info("wrote %s%s", args.out, f" (val mAP {last_eval['map']:.4f})" if last_eval else "")
     return 0
 

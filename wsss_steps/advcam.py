@@ -1,0 +1,676 @@
+"""AdvCAM and AdvCAM-Sal seeds: CAMs of anti-adversarially climbed images (METHODS §2).
+
+For every label class c of an image, independently, start from the clean image x⁰ (and from its
+horizontal flip) and climb for t = 1..T::
+
+    A^{t-1} = CAM_c(x^{t-1})
+    M       = 1[ψ(A^{t-1}) > τ]                 ψ(A) = ReLU(A) / max ReLU(A), per image and class
+    L       = y_c(x^{t-1}) − Σ_{k≠c} y_k(x^{t-1}) − λ ‖M ⊙ |A^{t-1} − A⁰|‖₁
+    x^t     = x^{t-1} + ξ ∇_x L / max |∇_x L|
+
+with y the logits before the sigmoid. The localization map of a scale is Σ_{t=0}^{T-1} ReLU(A^t)
+(the clean CAM included); flips and scales are merged and max-normalised exactly as the CAM seeds
+(`wsss_steps.cams.ScaleMerger`), so the output has the CAM seeds' format: ``cam`` (K, H, W),
+``cam_stride4`` (K, ⌈H/4⌉, ⌈W/4⌉) and ``keys``, one map per label class. The update that would
+produce x^T feeds no map, so it is skipped (T maps, T−1 updates); T = 0 is taken as "no climbing"
+and gives the CAM seeds of `multiscale_cams`.
+
+AdvCAM-Sal (method ``advcam_sal``): the background of a saliency map joins the restricting mask,
+M = 1[ψ(A) > τ] ∪ 1[sal < δ] with the saliency map resized to the CAM's resolution at each scale,
+so the attribution cannot grow outside salient objects.
+
+Defaults are the paper's form (``AdvCamConfig()`` / ``--preset paper``): T = 27, ξ = 0.08, λ = 7,
+τ = 0.5, scales (1.0, 0.5, 1.5, 2.0) with flip. The public reference code (jbeomlee93/AdvCAM,
+``obtain_CAM_masking.py``) differs in ways that change results; each is a named option, and
+``--preset reference_code`` turns them all on:
+
+- ``other_classes``: ``all`` (default) sums the suppressed logits over every class k ≠ c — the
+  paper defines the sum over C∖c with C "the set of all classes", and the reference code does the
+  same; ``labels`` suppresses only the image's other label classes.
+- ``logits``: ``plain`` (default) climbs the classifier's logits (GAP of the CAMs); ``relu_gap``
+  climbs GAP(ReLU(CAM)) as the reference code does.
+- ``attribution``: ``cam`` (default) uses the CAM itself as A; ``gradcam`` uses the map the
+  reference code uses, Grad-CAM at the last stage. For a GAP + 1×1 head that is
+  ReLU(CAM_c) · n⁺_b / (D⁺_c · Σ_{b'} n⁺_{b'}), with n⁺_b the number of pixels where sample b's
+  CAM_c is positive, the sum over the sample and its flip, and D⁺_c the number of positive
+  classifier weights of c (the reference's ``gap2d_pos`` divides by the count of positive
+  gradient entries). The factor (≈ 1/(2 D⁺_c), about 1/2000 for ResNet-50) is what λ = 7 was
+  tuned against: with ``attribution: cam`` the penalty weighs thousands of times more relative to
+  the logits, so λ needs retuning there (METHODS §2: "λ is calibrated against" it).
+- ``merge_flips_in_loss``: false (default) climbs an image and its flip as two independent
+  samples; true computes the mask and the penalty on the merged map A(x) + flip(A(flip x)) and
+  adds both samples' logit terms into one loss, as the reference code does.
+- ``grad_normalization``: ``per_sample`` (default) divides each sample's gradient by its own
+  max |∇|; ``flip_pair`` divides by the max over the image and its flip — the reference code's
+  "whole batch", whose batch is exactly that pair.
+- ``clamp_to_input_range``: false (default); true clamps x^t to [min, max] of x^{t-1} over the
+  image and its flip (the reference's batch), as the reference code does.
+- ``small_scale_schedule``: ``full`` (default) climbs T steps at every scale. ``half`` is the
+  reference code's intent at scales below 1 (0.5 by default): T//2 steps and the map weighted ×2
+  (T > 10; T < 6: T steps, ×1; otherwise 5 steps, ×1). ``half_reference`` is what the reference
+  code computes: the same steps, but its ×2 carries over to every later scale, and since 0.5 is
+  its first scale all scales end up with the same weight.
+
+Batching is an implementation detail: the climbs of all label classes, both flips and — when they
+have the same size — several images run as one batch of at most ``batch_budget`` samples and
+``batch_pixels`` input pixels per forward, with BatchNorm in eval mode, the model's parameters
+frozen, and one backward pass per step of the sum of the per-sample objectives (each sample's
+gradient depends on its own objective only). `advcam_maps_reference` is the straightforward loop
+it is checked against (``--reference`` runs it).
+
+Numerics. (1) Where A^{t-1} is within rounding of A⁰ (|A − A⁰| ≤ 1e-5 · max|A⁰|) the penalty's
+subgradient is taken as 0, as |·|'s is at exactly 0: the penalty pulls masked pixels back onto
+A⁰, so they sit there often, and rounding noise must not pick the sign of their gradient.
+(2) The climb amplifies rounding differences: a ReLU whose input lies within rounding of 0 flips
+in one computation and not in another, the normalised step carries the difference on, and more
+flips follow. Convolutions of batch 1 and batch N round differently, so in float32 the batched
+maps match the loop to ~1e-6 for a few steps but drift apart by up to ~1e-1 in places after 27
+steps (both are equally valid AdvCAM maps); in float64 they agree exactly. The same holds between
+devices or thread counts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from wsss_steps.cams import ScaleMerger, resize_batch, strided_size
+from wsss_steps.datasets import ImageRecord, Manifest, read_manifest
+from wsss_steps.image_io import read_image
+from wsss_steps.logs import setup_logging
+from wsss_steps.map_store import MapReader, shard_ids
+from wsss_steps.networks.classifier import CamClassifier
+from wsss_steps.preprocess import image_to_tensor, resolve_device
+from wsss_steps.seed_shards import write_seed_shard
+
+log = logging.getLogger(__name__)
+
+GRAD_EPS = 1e-12  # the reference code's guard in ∇ / max|∇|
+SIGN_DEAD_ZONE = 1e-5  # relative to max|A⁰|; see "Numerics" above
+
+OTHER_CLASSES = ("all", "labels")
+LOGITS = ("plain", "relu_gap")
+ATTRIBUTIONS = ("cam", "gradcam")
+GRAD_NORMALIZATIONS = ("per_sample", "flip_pair")
+SMALL_SCALE_SCHEDULES = ("full", "half", "half_reference")
+PRESETS = ("paper", "reference_code")
+
+
+@dataclass(frozen=True)
+class AdvCamConfig:
+    """AdvCAM settings; the defaults are the paper's form (see the module docstring)."""
+
+    steps: int = 27                    # T
+    step_size: float = 0.08            # ξ
+    penalty_weight: float = 7.0        # λ
+    mask_threshold: float = 0.5        # τ
+    scales: tuple[float, ...] = (1.0, 0.5, 1.5, 2.0)
+    flip: bool = True
+    other_classes: str = "all"
+    logits: str = "plain"
+    attribution: str = "cam"
+    merge_flips_in_loss: bool = False
+    grad_normalization: str = "per_sample"
+    clamp_to_input_range: bool = False
+    small_scale_schedule: str = "full"
+    saliency_threshold: float = 0.10   # δ, AdvCAM-Sal only
+    batch_budget: int = 16             # max samples per forward; does not change results
+    batch_pixels: int = 2**18          # max input pixels per forward (≥ one climb); likewise
+
+    def __post_init__(self) -> None:
+        choices = {"other_classes": OTHER_CLASSES, "logits": LOGITS, "attribution": ATTRIBUTIONS,
+                   "grad_normalization": GRAD_NORMALIZATIONS,
+                   "small_scale_schedule": SMALL_SCALE_SCHEDULES}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"advcam {name} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
+        if self.steps < 0:
+            raise ValueError(f"advcam steps must be ≥ 0, not {self.steps}")
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"advcam scales must be positive, not {self.scales}")
+        if self.batch_budget < 1 or self.batch_pixels < 1:
+            raise ValueError(f"advcam batch_budget and batch_pixels must be ≥ 1, not "
+                             f"{self.batch_budget}, {self.batch_pixels}")
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+
+    @classmethod
+    def preset(cls, name: str = "paper", **overrides: Any) -> AdvCamConfig:
+        """``paper`` (the defaults) or ``reference_code`` (every reference-code option on)."""
+        if name not in PRESETS:
+            raise ValueError(f"advcam preset must be one of {', '.join(PRESETS)}, not {name!r}")
+        settings: dict[str, Any] = {}
+        if name == "reference_code":
+            settings = dict(other_classes="all", logits="relu_gap", attribution="gradcam",
+                            merge_flips_in_loss=True, grad_normalization="flip_pair",
+                            clamp_to_input_range=True, small_scale_schedule="half_reference")
+        settings.update(overrides)
+        return cls(**settings)
+
+    @property
+    def samples_per_climb(self) -> int:
+        return 2 if self.flip else 1
+
+    def climbs_per_batch(self, height: int, width: int) -> int:
+        """How many climbs of (height × width) inputs one forward holds under both budgets."""
+        pair = self.samples_per_climb
+        return max(1, min(self.batch_budget // pair, self.batch_pixels // (pair * height * width)))
+
+    def schedule(self, scale: float) -> tuple[int, float]:
+        """(steps, map weight) at ``scale``."""
+        if self.small_scale_schedule == "full" or scale >= 1.0:
+            return self.steps, 1.0
+        if self.steps > 10:
+            steps, weight = self.steps // 2, 2.0
+        elif self.steps < 6:
+            steps, weight = self.steps, 1.0
+        else:
+            steps, weight = 5, 1.0
+        return steps, (weight if self.small_scale_schedule == "half" else 1.0)
+
+    def params(self, saliency: bool = False) -> dict[str, Any]:
+        """The settings that determine the maps (for the map file's attributes)."""
+        params = dataclasses.asdict(self)
+        params.pop("batch_budget")
+        params.pop("batch_pixels")
+        if not saliency:
+            params.pop("saliency_threshold")
+        params["scales"] = list(self.scales)
+        return params
+
+
+@contextmanager
+def frozen_eval(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode (BatchNorm statistics frozen) and no parameter gradients; restored afterwards."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for parameter, flag in zip(model.parameters(), flags, strict=True):
+            parameter.requires_grad_(flag)
+        model.train(was_training)
+
+
+@contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode for the reference loop, which backpropagates as plain training code does
+    (parameter gradients included); the mode and the gradients are restored afterwards."""
+    was_training = model.training
+    grads = [p.grad for p in model.parameters()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for parameter, grad in zip(model.parameters(), grads, strict=True):
+            parameter.grad = grad
+        model.train(was_training)
+
+
+def _relu_max_ratio(maps: torch.Tensor) -> torch.Tensor:
+    """ψ(A) = ReLU(A) / max ReLU(A) over the last two dims (0 where the max is 0)."""
+    positive = F.relu(maps)
+    peak = positive.flatten(-2).amax(-1)[..., None, None]
+    return torch.where(peak > 0, positive / torch.where(peak > 0, peak, 1.0), 0.0)
+
+
+def _background(saliency: torch.Tensor, size: tuple[int, int], threshold: float) -> torch.Tensor:
+    """1[sal < δ] for (N, H, W) saliency maps resized (bilinear) to the CAM size (N, h, w)."""
+    resized = F.interpolate(saliency[:, None].float(), size=size, mode="bilinear", align_corners=False)
+    return resized[:, 0] < threshold
+
+
+# --------------------------------------------------------------------------------------------
+# Batched climbing
+
+
+def climb(model: CamClassifier, images: torch.Tensor, classes: torch.Tensor,
+          coefficients: torch.Tensor, config: AdvCamConfig, steps: int,
+          saliency: torch.Tensor | None = None) -> torch.Tensor:
+    """Climbs G images (already at their scale) for one class each, all in one batch.
+
+    ``images`` (G, 3, h, w); ``classes`` (G,) the class each climb raises; ``coefficients``
+    (G, C) the logit weights of L (+1 for the class, −1 for the suppressed ones); ``saliency``
+    (G, H, W) in [0, 1] for AdvCAM-Sal. Returns the flip-merged Σ_t ReLU(A^t) maps (G, h', w') at
+    the CAM resolution, unnormalised. Call inside `frozen_eval`.
+    """
+    pair = config.samples_per_climb
+    groups = images.shape[0]
+    if pair == 2:
+        x = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
+    else:
+        x = images
+    target = classes.repeat_interleave(pair)
+    coefficients = coefficients.repeat_interleave(pair, dim=0)
+    rows = torch.arange(x.shape[0], device=x.device)
+    initial: torch.Tensor | None = None
+    background: torch.Tensor | None = None
+    total_map: torch.Tensor | None = None
+    maps = max(steps, 1)
+    for t in range(maps):
+        climbing = t < maps - 1
+        with torch.set_grad_enabled(climbing):
+            x_var = x.detach().requires_grad_(climbing)
+            features = model.features(x_var)
+            cams = model.cams_from_features(features)
+            attribution = cams[rows, target]
+            if config.attribution == "gradcam":
+                attribution = _gradcam_scaling(model, attribution, target, pair)
+            if t == 0:
+                initial = attribution.detach()
+                if saliency is not None:
+                    background = _background(saliency, tuple(cams.shape[-2:]), config.saliency_threshold)
+            step_map = F.relu(attribution.detach())
+            total_map = step_map if total_map is None else total_map + step_map
+            if not climbing:
+                break
+            if config.logits == "plain":
+                logits = model.logits_from_features(features)
+            else:
+                logits = F.relu(cams).mean(dim=(2, 3))
+            objective = (coefficients * logits).sum()
+            assert initial is not None
+            penalty = _batched_penalty(attribution, initial, background, config, groups, pair)
+            (grad,) = torch.autograd.grad(objective - config.penalty_weight * penalty, x_var)
+        x = _batched_step(x, grad, config, groups, pair)
+    assert total_map is not None
+    total_map = total_map.reshape(groups, pair, *total_map.shape[-2:])
+    return total_map[:, 0] + total_map[:, 1].flip(-1) if pair == 2 else total_map[:, 0]
+
+
+def _gradcam_scaling(model: CamClassifier, attribution: torch.Tensor, target: torch.Tensor,
+                     pair: int) -> torch.Tensor:
+    """The reference code's Grad-CAM of a GAP + 1×1 head: ReLU(CAM_c) · n⁺_b / (D⁺_c Σ_pair n⁺)."""
+    with torch.no_grad():
+        positive_weights = (model.classifier.weight.flatten(1) > 0).sum(1).to(attribution.dtype)
+        positive_pixels = (attribution > 0).flatten(1).sum(1).to(attribution.dtype)
+        pair_pixels = positive_pixels.view(-1, pair).sum(1).repeat_interleave(pair)
+        factor = positive_pixels / (positive_weights[target] * pair_pixels + GRAD_EPS)
+    return F.relu(attribution) * factor[:, None, None]
+
+
+def _batched_penalty(attribution: torch.Tensor, initial: torch.Tensor, background: torch.Tensor | None,
+                     config: AdvCamConfig, groups: int, pair: int) -> torch.Tensor:
+    """Σ over climbs of ‖M ⊙ |A − A⁰|‖₁ (per sample, or on the flip-merged map)."""
+    if config.merge_flips_in_loss:
+        attribution = attribution.reshape(groups, pair, *attribution.shape[-2:])
+        initial = initial.reshape(groups, pair, *initial.shape[-2:])
+        if pair == 2:
+            attribution = attribution[:, 0] + attribution[:, 1].flip(-1)
+            initial = initial[:, 0] + initial[:, 1].flip(-1)
+        else:
+            attribution, initial = attribution[:, 0], initial[:, 0]
+    elif background is not None and pair == 2:
+        background = torch.stack([background, background.flip(-1)], dim=1).flatten(0, 1)
+    with torch.no_grad():
+        mask = _relu_max_ratio(attribution) > config.mask_threshold
+        if background is not None:
+            mask = mask | background
+        change = (attribution - initial).abs()
+        mask = mask & (change > SIGN_DEAD_ZONE * initial.abs().flatten(1).amax(1)[:, None, None])
+    return (mask * (attribution - initial).abs()).sum()
+
+
+def _batched_step(x: torch.Tensor, grad: torch.Tensor, config: AdvCamConfig, groups: int,
+                  pair: int) -> torch.Tensor:
+    """x + ξ ∇ / max|∇| (per sample or per flip pair), optionally clamped to x's range per pair."""
+    if config.grad_normalization == "per_sample":
+        peak = grad.abs().flatten(1).amax(1).view(-1, 1, 1, 1)
+    else:
+        peak = grad.abs().reshape(groups, -1).amax(1).repeat_interleave(pair).view(-1, 1, 1, 1)
+    updated = x + config.step_size * (grad / (peak + GRAD_EPS))
+    if config.clamp_to_input_range:
+        by_pair = x.reshape(groups, -1)
+        low = by_pair.amin(1).repeat_interleave(pair).view(-1, 1, 1, 1)
+        high = by_pair.amax(1).repeat_interleave(pair).view(-1, 1, 1, 1)
+        updated = torch.minimum(torch.maximum(updated, low), high)
+    return updated
+
+
+def _coefficients(cls: int, keys: Sequence[int], num_classes: int, other_classes: str) -> torch.Tensor:
+    coefficients = torch.zeros(num_classes)
+    others = range(num_classes) if other_classes == "all" else keys
+    for k in others:
+        if k != cls:
+            coefficients[k] = -1.0
+    coefficients[cls] = 1.0
+    return coefficients
+
+
+def _empty_maps(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    h4, w4 = strided_size(height, width)
+    return np.zeros((0, height, width), np.float32), np.zeros((0, h4, w4), np.float32)
+
+
+def advcam_maps(model: CamClassifier, images: Sequence[torch.Tensor], keys: Sequence[Sequence[int]],
+                config: AdvCamConfig | None = None,
+                saliency: Sequence[torch.Tensor] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """AdvCAM maps of several images, batched.
+
+    ``images``: normalised (1, 3, H, W) tensors on the model's device; ``keys``: each image's label
+    classes; ``saliency``: one (H, W) map in [0, 1] per image for AdvCAM-Sal. Images of the same
+    size share batches. Returns, per image, max-normalised float32 maps (K, H, W) and
+    (K, ⌈H/4⌉, ⌈W/4⌉), one per key, as `multiscale_cams`.
+    """
+    config = config or AdvCamConfig()
+    if saliency is not None and len(saliency) != len(images):
+        raise ValueError(f"{len(saliency)} saliency maps for {len(images)} images")
+    results: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(images)
+    by_size: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        by_size.setdefault(tuple(image.shape[-2:]), []).append(index)
+    with frozen_eval(model):
+        for (height, width), members in by_size.items():
+            for index in members:
+                if len(keys[index]) == 0:
+                    results[index] = _empty_maps(height, width)
+            members = [i for i in members if len(keys[i]) > 0]
+            if not members:
+                continue
+            batch = torch.cat([images[i] for i in members])
+            climbs = [(row, image_index, cls) for row, image_index in enumerate(members)
+                      for cls in keys[image_index]]
+            coefficients = torch.stack([
+                _coefficients(int(cls), keys[i], model.num_classes, config.other_classes)
+                for _, i, cls in climbs]).to(batch.device)
+            mergers = {i: ScaleMerger(height, width) for i in members}
+            for scale in config.scales:
+                steps, weight = config.schedule(scale)
+                scaled = resize_batch(batch, scale)
+                per_chunk = config.climbs_per_batch(*scaled.shape[-2:])
+                climb_maps: list[torch.Tensor] = []
+                for start in range(0, len(climbs), per_chunk):
+                    chunk = climbs[start:start + per_chunk]
+                    rows = torch.as_tensor([row for row, _, _ in chunk], device=batch.device)
+                    classes = torch.as_tensor([int(cls) for _, _, cls in chunk], device=batch.device)
+                    chunk_saliency = None
+                    if saliency is not None:
+                        chunk_saliency = torch.stack([saliency[i] for _, i, _ in chunk]).to(batch.device)
+                    climb_maps.extend(climb(model, scaled[rows], classes,
+                                            coefficients[start:start + per_chunk], config, steps,
+                                            chunk_saliency))
+                position = 0
+                for image_index in members:
+                    count = len(keys[image_index])
+                    mergers[image_index].add(torch.stack(climb_maps[position:position + count]), weight)
+                    position += count
+            for image_index in members:
+                results[image_index] = mergers[image_index].result()
+    assert all(r is not None for r in results)
+    return results  # type: ignore[return-value]
+
+
+# --------------------------------------------------------------------------------------------
+# Reference loop: one image, one class, one flip (or the flip pair where the options couple
+# them) at a time, written for clarity; the batched code above is tested against it.
+
+
+def advcam_maps_reference(model: CamClassifier, image: torch.Tensor, keys: Sequence[int],
+                          config: AdvCamConfig | None = None,
+                          saliency: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """AdvCAM maps of one normalised image (1, 3, H, W), climbing one class at a time."""
+    config = config or AdvCamConfig()
+    height, width = image.shape[-2:]
+    if len(keys) == 0:
+        return _empty_maps(height, width)
+    coupled = (config.merge_flips_in_loss or config.grad_normalization == "flip_pair"
+               or config.clamp_to_input_range or config.attribution == "gradcam")
+    merger = ScaleMerger(height, width)
+    with _eval_mode(model):
+        for scale in config.scales:
+            steps, weight = config.schedule(scale)
+            scaled = resize_batch(image, scale)
+            class_maps = []
+            for cls in keys:
+                if config.flip and coupled:
+                    pair = torch.cat([scaled, scaled.flip(-1)])
+                    pair_map = _reference_climb(model, pair, (False, True), int(cls), keys, config, steps,
+                                                saliency)
+                    class_maps.append(pair_map[0] + pair_map[1].flip(-1))
+                elif config.flip:
+                    plain = _reference_climb(model, scaled, (False,), int(cls), keys, config, steps, saliency)
+                    mirrored = _reference_climb(model, scaled.flip(-1), (True,), int(cls), keys, config,
+                                                steps, saliency)
+                    class_maps.append(plain[0] + mirrored[0].flip(-1))
+                else:
+                    class_maps.append(_reference_climb(model, scaled, (False,), int(cls), keys, config,
+                                                       steps, saliency)[0])
+            merger.add(torch.stack(class_maps), weight)
+    return merger.result()
+
+
+def _reference_climb(model: CamClassifier, x: torch.Tensor, mirrored: tuple[bool, ...], cls: int,
+                     keys: Sequence[int], config: AdvCamConfig, steps: int,
+                     saliency: torch.Tensor | None) -> torch.Tensor:
+    """Climbs a batch of one image, or of an image and its flip climbed as one (the reference
+    code's batch); ``mirrored`` says which samples are flipped (their saliency background is
+    flipped too). Returns Σ_t ReLU(A^t) per sample (N, h, w)."""
+    others = [k for k in (range(model.num_classes) if config.other_classes == "all" else keys) if k != cls]
+    total = None
+    initial = None
+    for t in range(max(steps, 1)):
+        x = x.detach().requires_grad_(True)
+        features = model.features(x)
+        cams = model.cams_from_features(features)
+        attribution = cams[:, cls]
+        if config.attribution == "gradcam":
+            d_positive = int((model.classifier.weight[cls].flatten() > 0).sum())
+            n_positive = [(a > 0).sum().item() for a in attribution]
+            factors = [n / (d_positive * sum(n_positive) + GRAD_EPS) for n in n_positive]
+            attribution = torch.stack([F.relu(a) * f for a, f in zip(attribution, factors, strict=True)])
+        if t == 0:
+            initial = attribution.detach()
+        total = F.relu(attribution.detach()) if total is None else total + F.relu(attribution.detach())
+        if t == max(steps, 1) - 1:
+            break
+        if config.logits == "plain":
+            logits = model.logits_from_features(features)
+        else:
+            logits = F.relu(cams).mean(dim=(2, 3))
+        objective = logits[:, cls].sum() - sum(logits[:, k].sum() for k in others)
+        # Compare the map at t with the clean map at t = 0, on each sample or on the merged pair.
+        if config.merge_flips_in_loss and len(x) == 2:
+            maps = [attribution[0] + attribution[1].flip(-1)]
+            initial_maps = [initial[0] + initial[1].flip(-1)]
+            flipped: tuple[bool, ...] = (False,)
+        else:
+            maps, initial_maps, flipped = list(attribution), list(initial), mirrored
+        penalty = 0.0
+        for a, a0, is_flipped in zip(maps, initial_maps, flipped, strict=True):
+            psi = F.relu(a) / F.relu(a).max() if F.relu(a).max() > 0 else torch.zeros_like(a)
+            mask = (psi > config.mask_threshold).detach()
+            if saliency is not None:
+                background = _background(saliency[None], tuple(a.shape), config.saliency_threshold)[0]
+                mask = mask | (background.flip(-1) if is_flipped else background)
+            mask = mask & ((a - a0).abs() > SIGN_DEAD_ZONE * a0.abs().max()).detach()
+            penalty = penalty + (mask * (a - a0).abs()).sum()
+        loss = objective - config.penalty_weight * penalty
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        grad = x.grad
+        if config.grad_normalization == "per_sample":
+            grad = torch.stack([g / (g.abs().max() + GRAD_EPS) for g in grad])
+        else:
+            grad = grad / (grad.abs().max() + GRAD_EPS)
+        x_next = x.detach() + config.step_size * grad
+        if config.clamp_to_input_range:
+            x_next = x_next.clamp(x.detach().min().item(), x.detach().max().item())
+        x = x_next
+    assert total is not None
+    return total
+
+
+# --------------------------------------------------------------------------------------------
+# The seed step
+
+
+class AdvCamSeeds:
+    """The per-image compute function of `write_seed_shard` for AdvCAM / AdvCAM-Sal.
+
+    Asked for one image, it also computes the next images of the shard that have the same size,
+    while their climbs fit ``config.batch_budget`` samples, and hands those out from a cache when
+    they are asked for (the shard loop asks in shard order).
+    """
+
+    def __init__(self, model: CamClassifier, records: Sequence[ImageRecord], config: AdvCamConfig,
+                 device: torch.device, saliency: MapReader | None = None, reference: bool = False):
+        self.model = model
+        self.records = list(records)
+        self.position = {r.image_id: i for i, r in enumerate(self.records)}
+        self.config = config
+        self.device = device
+        self.saliency = saliency
+        self.reference = reference
+        self._cache: dict[str, dict[str, np.ndarray]] = {}
+
+    def _load(self, record: ImageRecord) -> tuple[torch.Tensor, torch.Tensor | None]:
+        image = image_to_tensor(read_image(record.image_path), self.device)
+        if self.saliency is None:
+            return image, None
+        saliency = np.asarray(self.saliency.read(record.image_id, ["saliency"])["saliency"], np.float32)
+        if saliency.shape != tuple(image.shape[-2:]):
+            raise ValueError(f"saliency map of {record.image_id!r} in {self.saliency.path} is "
+                             f"{saliency.shape}, its image is {tuple(image.shape[-2:])}")
+        return image, torch.from_numpy(saliency).to(self.device)
+
+    def __call__(self, record: ImageRecord) -> Mapping[str, np.ndarray]:
+        if record.image_id in self._cache:
+            return self._cache.pop(record.image_id)
+        image, saliency = self._load(record)
+        if self.reference:
+            full, stride4 = advcam_maps_reference(self.model, image, record.labels, self.config, saliency)
+            return {"cam": full, "cam_stride4": stride4}
+        group = [(record, image, saliency)]
+        samples = self.config.samples_per_climb * len(record.labels)
+        for following in self.records[self.position.get(record.image_id, len(self.records)) + 1:]:
+            more = self.config.samples_per_climb * len(following.labels)
+            if samples + more > self.config.batch_budget or following.image_id in self._cache:
+                break
+            next_image, next_saliency = self._load(following)
+            if next_image.shape != image.shape:
+                break
+            group.append((following, next_image, next_saliency))
+            samples += more
+        results = advcam_maps(self.model, [g[1] for g in group], [g[0].labels for g in group], self.config,
+                              None if saliency is None else [g[2] for g in group])
+        for (member, _, _), (full, stride4) in zip(group[1:], results[1:], strict=True):
+            self._cache[member.image_id] = {"cam": full, "cam_stride4": stride4}
+        return {"cam": results[0][0], "cam_stride4": results[0][1]}
+
+
+def _scales(values: Sequence[str]) -> tuple[float, ...]:
+    return tuple(float(v) for token in values for v in token.split(",") if v)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m wsss_steps.advcam",
+        description="AdvCAM seeds (METHODS §2): CAMs of anti-adversarially climbed images, one "
+                    "HDF5 shard of a split; with --saliency, AdvCAM-Sal. Defaults: the paper's form.")
+    parser.add_argument("--classifier", required=True, help="trained CAM classifier (model.pt)")
+    parser.add_argument("--manifest", required=True, help="split manifest CSV ({split}.csv)")
+    parser.add_argument("--shard", type=int, default=0, help="0-based shard index")
+    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--out", required=True, help="output shard file (.h5); resumes a .partial")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
+    parser.add_argument("--log", help="log file (default: stderr only)")
+    parser.add_argument("--method", default=None,
+                        help="method name stored in the file (advcam, or advcam_sal with --saliency)")
+    parser.add_argument("--preset", choices=PRESETS, default="paper",
+                        help="paper (default) or reference_code (all reference-code options on); "
+                             "the options below override it")
+    parser.add_argument("--steps", type=int, default=None, help="T, climbing steps (27)")
+    parser.add_argument("--step-size", type=float, default=None, help="ξ (0.08)")
+    parser.add_argument("--penalty-weight", type=float, default=None, help="λ (7)")
+    parser.add_argument("--mask-threshold", type=float, default=None, help="τ (0.5)")
+    parser.add_argument("--scales", nargs="+", default=None, help="e.g. 1.0 0.5 1.5 2.0 or 1.0,0.5,1.5,2.0")
+    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
+                        help="also climb the horizontal flip (on)")
+    parser.add_argument("--other-classes", choices=OTHER_CLASSES, default=None,
+                        help="logits suppressed: all classes ≠ c (paper, default) or the image's other labels")
+    parser.add_argument("--logits", choices=LOGITS, default=None,
+                        help="plain (default) or relu_gap = GAP(ReLU(CAM)) (reference code)")
+    parser.add_argument("--attribution", choices=ATTRIBUTIONS, default=None,
+                        help="cam (default) or gradcam (the reference code's scaling, which λ=7 was tuned for)")
+    parser.add_argument("--merge-flips-in-loss", action=argparse.BooleanOptionalAction, default=None,
+                        help="mask and penalty on the flip-merged map (reference code)")
+    parser.add_argument("--grad-normalization", choices=GRAD_NORMALIZATIONS, default=None,
+                        help="per_sample (default) or flip_pair (reference code)")
+    parser.add_argument("--clamp-to-input-range", action=argparse.BooleanOptionalAction, default=None,
+                        help="clamp x^t to the range of x^{t-1} (reference code)")
+    parser.add_argument("--small-scale-schedule", choices=SMALL_SCALE_SCHEDULES, default=None,
+                        help="full (default), half (T//2 steps, ×2 weight below scale 1) or "
+                             "half_reference (T//2 steps, equal weights, as the reference computes)")
+    parser.add_argument("--batch-budget", type=int, default=None,
+                        help="max samples per forward (16); does not change results")
+    parser.add_argument("--batch-pixels", type=int, default=None,
+                        help="max input pixels per forward (262144, at least one climb); does not "
+                             "change results")
+    parser.add_argument("--saliency", default=None,
+                        help="saliency map file (groups with 'saliency' (H, W) in [0, 1]): AdvCAM-Sal")
+    parser.add_argument("--saliency-threshold", type=float, default=None, help="δ: background is sal < δ (0.10)")
+    parser.add_argument("--reference", action="store_true",
+                        help="use the one-class-at-a-time reference loop instead of the batched climb")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> AdvCamConfig:
+    """The preset, with every option given on the command line replacing its value."""
+    fields = ("steps", "step_size", "penalty_weight", "mask_threshold", "flip", "other_classes",
+              "logits", "attribution", "merge_flips_in_loss", "grad_normalization",
+              "clamp_to_input_range", "small_scale_schedule", "batch_budget", "batch_pixels",
+              "saliency_threshold")
+    overrides: dict[str, Any] = {name: getattr(args, name) for name in fields
+                                 if getattr(args, name) is not None}
+    if args.scales is not None:
+        overrides["scales"] = _scales(args.scales)
+    return AdvCamConfig.preset(args.preset, **overrides)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log)
+    torch.set_num_threads(args.threads)
+    config = config_from_args(args)
+    device = resolve_device(args.device)
+    from wsss_steps.networks.io import load_classifier
+
+    model, meta = load_classifier(args.classifier, device)
+    manifest: Manifest = read_manifest(args.manifest)
+    class_names = tuple(meta.get("class_names", manifest.class_names))
+    if class_names != manifest.class_names or model.num_classes != manifest.num_classes:
+        raise ValueError(f"classifier {args.classifier} was trained on classes {list(class_names)} "
+                         f"({model.num_classes}), manifest {args.manifest} has {list(manifest.class_names)}")
+    ids = shard_ids(manifest.ids, args.shard, args.num_shards)
+    records = [manifest.record(i) for i in ids]
+    method = args.method or ("advcam_sal" if args.saliency else "advcam")
+    params = {**config.params(saliency=args.saliency is not None),
+              "classifier": meta.get("settings_hash", "")}
+    saliency = MapReader(args.saliency) if args.saliency else None
+    try:
+        if saliency is not None:
+            saliency.require(ids)
+        compute = AdvCamSeeds(model, records, config, device, saliency, reference=args.reference)
+        computed = write_seed_shard(manifest, args.shard, args.num_shards, Path(args.out), compute, method,
+                                    params)
+    finally:
+        if saliency is not None:
+            saliency.close()
+    log.info("%s: %d image(s) computed into %s", method, computed, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

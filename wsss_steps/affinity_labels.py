@@ -1,0 +1,176 @@
+"""Affinity labels for the inter-pixel relation network (METHODS §5), one shard of a split → HDF5.
+
+Each image gets ``affinity_label`` (H, W) uint8: 0 = background, k + 1 = class k (mask numbering),
+255 = uncertain (no pair touching it is trained on).
+
+IRN's two-threshold rule (default), from the seed maps ``cam`` (K, H, W) of the image's classes:
+
+- fg = argmax of the seeds padded with a background score ``conf_fg``, refined by dCRF;
+- bg = the same with ``conf_bg`` (< conf_fg, so it calls fewer pixels background);
+- label = fg; where fg says background → 255; where fg and bg both say background → 0.
+
+IRN uses conf_fg 0.30 / conf_bg 0.05 (the defaults), AdvCAM 0.35 / 0.15. The dCRF runs on the
+compact labels 0..K (IRN's ``crf_inference_label``) and is mapped back through ``keys``.
+
+P-NOC's saliency-aware rule (``--saliency sal.h5``, groups holding ``saliency`` (H, W) in [0, 1]):
+salient = 1[saliency > ``sal_bg_threshold``] cleaned by a 2-label dCRF; a class where its seed
+beats ``sal_fg_threshold`` (argmax of the seeds padded with it) inside the salient region, then
+dCRF over 0..K; label = that class; salient but no class → 255; neither → 0. P-NOC's code keeps
+``sal > threshold`` as salient, so background is ``saliency ≤ 0.10`` (METHODS: "< 0.10").
+
+Example::
+
+    python -m wsss_steps.affinity_labels --seeds results/synth/seeds/cam/cam/maps.h5 \\
+        --manifest results/synth/data/train.csv --shard 0 --num-shards 2 --out shard-0-of-2.h5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+
+from wsss_steps.crf import IRN_CRF, CrfSettings, crf_from_labels
+from wsss_steps.datasets import ImageRecord, read_manifest
+from wsss_steps.image_io import IGNORE_LABEL, read_image
+from wsss_steps.logs import setup_logging
+from wsss_steps.map_shards import write_map_shard
+from wsss_steps.map_store import MapReader
+
+log = logging.getLogger("wsss_steps.affinity_labels")
+
+STAGE = "affinity_labels"
+
+
+def _refine(image: np.ndarray, compact: np.ndarray, num_labels: int, crf: CrfSettings | None) -> np.ndarray:
+    return compact.astype(np.int64) if crf is None else crf_from_labels(image, compact, num_labels, crf)
+
+
+def padded_argmax(cam: np.ndarray, background: float) -> np.ndarray:
+    """Compact labels (H, W): 0 where no seed beats ``background`` (ties too), else 1 + argmax."""
+    padded = np.concatenate([np.full((1, *cam.shape[1:]), background, dtype=cam.dtype), cam])
+    return np.argmax(padded, axis=0)
+
+
+def _check(image: np.ndarray, cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    cam = np.asarray(cam, dtype=np.float32)
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    if cam.ndim != 3 or cam.shape[0] != keys.size:
+        raise ValueError(f"seed maps must be (K, H, W) with K = {keys.size} keys, not {cam.shape}")
+    if image.shape[:2] != cam.shape[1:]:
+        raise ValueError(f"image is {image.shape[:2]}, seed maps are {cam.shape[1:]}")
+    return cam, np.r_[0, keys + 1]
+
+
+def two_threshold_labels(image: np.ndarray, cam: np.ndarray, keys: np.ndarray, conf_fg: float = 0.30,
+                         conf_bg: float = 0.05, crf: CrfSettings | None = IRN_CRF) -> np.ndarray:
+    """IRN's affinity labels (H, W) uint8 of an RGB uint8 image and its seeds (K, H, W).
+
+    ``crf`` None skips the dCRF (not IRN; for tests and ablations).
+    """
+    cam, lut = _check(image, cam, keys)
+    fg = lut[_refine(image, padded_argmax(cam, conf_fg), lut.size, crf)]
+    bg = lut[_refine(image, padded_argmax(cam, conf_bg), lut.size, crf)]
+    label = fg.copy()
+    label[fg == 0] = IGNORE_LABEL
+    label[(fg == 0) & (bg == 0)] = 0
+    return label.astype(np.uint8)
+
+
+def saliency_labels(image: np.ndarray, cam: np.ndarray, keys: np.ndarray, saliency: np.ndarray,
+                    sal_bg_threshold: float = 0.10, sal_fg_threshold: float = 0.40,
+                    crf: CrfSettings | None = IRN_CRF) -> np.ndarray:
+    """P-NOC's saliency-aware affinity labels (H, W) uint8 (module docstring)."""
+    cam, lut = _check(image, cam, keys)
+    saliency = np.asarray(saliency, dtype=np.float32)
+    if saliency.shape != cam.shape[1:]:
+        raise ValueError(f"saliency map is {saliency.shape}, seed maps are {cam.shape[1:]}")
+    salient = _refine(image, (saliency > sal_bg_threshold).astype(np.int64), 2, crf)
+    fg = lut[_refine(image, salient * padded_argmax(cam, sal_fg_threshold), lut.size, crf)]
+    label = fg.copy()
+    label[fg == 0] = IGNORE_LABEL
+    label[(fg == 0) & (salient == 0)] = 0
+    return label.astype(np.uint8)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m wsss_steps.affinity_labels", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", required=True, help="merged seed map file (cam + keys per image)")
+    parser.add_argument("--manifest", required=True, help="split manifest CSV written by prepare_data")
+    parser.add_argument("--out", required=True, help="output shard file (.h5)")
+    parser.add_argument("--shard", type=int, default=0, help="0-based shard index")
+    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--map-name", default="cam", help="seed dataset to read (default: %(default)s)")
+    parser.add_argument("--conf-fg", type=float, default=0.30,
+                        help="background score of the fg labels (IRN 0.30, AdvCAM 0.35; default: %(default)s)")
+    parser.add_argument("--conf-bg", type=float, default=0.05,
+                        help="background score of the bg labels (IRN 0.05, AdvCAM 0.15; default: %(default)s)")
+    parser.add_argument("--saliency", help="saliency map file (groups with 'saliency'): P-NOC's rule")
+    parser.add_argument("--sal-bg-threshold", type=float, default=0.10,
+                        help="saliency at or below it is background (default: %(default)s)")
+    parser.add_argument("--sal-fg-threshold", type=float, default=0.40,
+                        help="seed score a salient pixel needs for a class (default: %(default)s)")
+    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
+                        help="refine with dCRF (METHODS §5 settings; default: yes)")
+    parser.add_argument("--crf-iterations", type=int, default=IRN_CRF.iterations)
+    parser.add_argument("--crf-gt-prob", type=float, default=IRN_CRF.gt_prob)
+    parser.add_argument("--method", help="method name stored in the file (default: irn or pnoc_saliency)")
+    parser.add_argument("--log", help="log file (default: stderr only)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log)
+    if not 0 <= args.conf_bg <= args.conf_fg:
+        raise SystemExit(f"affinity_labels: need 0 <= --conf-bg <= --conf-fg, got {args.conf_bg}, {args.conf_fg}")
+    crf = dataclasses.replace(IRN_CRF, iterations=args.crf_iterations, gt_prob=args.crf_gt_prob) \
+        if args.crf else None
+    manifest = read_manifest(args.manifest)
+    seeds = MapReader(args.seeds)
+    saliency = MapReader(args.saliency) if args.saliency else None
+    seeds.require(manifest.ids)
+    if saliency is not None:
+        saliency.require(manifest.ids)
+
+    def compute(record: ImageRecord) -> dict[str, np.ndarray]:
+        data = seeds.read(record.image_id, [args.map_name, "keys"])
+        if tuple(int(k) for k in data["keys"]) != tuple(record.labels):
+            raise ValueError(f"image {record.image_id!r}: seed keys {data['keys'].tolist()} in {args.seeds} "
+                             f"differ from its labels {list(record.labels)}")
+        image = read_image(record.image_path)
+        if saliency is None:
+            label = two_threshold_labels(image, data[args.map_name], data["keys"], args.conf_fg,
+                                         args.conf_bg, crf)
+        else:
+            sal = saliency.read(record.image_id, ["saliency"])["saliency"]
+            label = saliency_labels(image, data[args.map_name], data["keys"], sal, args.sal_bg_threshold,
+                                    args.sal_fg_threshold, crf)
+        return {"affinity_label": label}
+
+    method = args.method or ("irn" if saliency is None else "pnoc_saliency")
+    params = {"seeds": {"path_params": seeds.params, "method": str(seeds.attrs.get("method", "")),
+                        "map_name": args.map_name},
+              "crf": dataclasses.asdict(crf) if crf is not None else None}
+    if saliency is None:
+        params.update(conf_fg=args.conf_fg, conf_bg=args.conf_bg)
+    else:
+        params.update(sal_bg_threshold=args.sal_bg_threshold, sal_fg_threshold=args.sal_fg_threshold,
+                      saliency=saliency.params)
+    try:
+        count = write_map_shard(manifest, args.shard, args.num_shards, args.out, compute, stage=STAGE,
+                                method=method, params=params)
+    finally:
+        seeds.close()
+        if saliency is not None:
+            saliency.close()
+    log.info("wrote %s (%d images computed in this run)", args.out, count)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

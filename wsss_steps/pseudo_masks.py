@@ -1,0 +1,122 @@
+"""Pseudo masks from the random walk's scores, optionally refined by dCRF (METHODS §5), into HDF5.
+
+Per image: the label map at the background threshold (argmax of [threshold, ``cam``], ties to
+background; by default the ``pseudo_label`` the walk stored at its ``sem_seg_bg_thres``), with
+``--crf`` refined by dCRF on the compact labels 0..K (P-NOC: 1 iteration, gt_prob 0.9; the other
+kernel settings are METHODS §5's, `wsss_steps.crf.IRN_CRF`).
+
+Output groups hold ``mask`` (H, W) uint8 in mask numbering (0 = background, k + 1 = class k),
+``mask_onehot`` (K, H, W) uint8 (1 where ``mask`` is the key's class) and ``keys``. The one-hot
+form lets `wsss_steps.evaluate_seeds` score the fixed masks unchanged: with a single threshold t
+in [0, 1) (``--thresholds t t 1``) its argmax over [t, one-hot] is exactly ``mask``; passing the
+threshold the masks were made at records it as ``best_threshold``. ``--export-png DIR`` also
+writes each mask as a VOC palette PNG.
+
+Example::
+
+    python -m wsss_steps.pseudo_masks --maps results/synth/random_walk/cam/cam/maps.h5 \\
+        --manifest results/synth/data/train.csv --out masks.h5 --crf --export-png masks_png
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from wsss_steps.crf import IRN_CRF, CrfSettings, crf_from_labels
+from wsss_steps.datasets import ImageRecord, read_manifest
+from wsss_steps.image_io import read_image, write_label_mask
+from wsss_steps.logs import setup_logging
+from wsss_steps.map_shards import write_map_shard
+from wsss_steps.map_store import MapReader
+from wsss_steps.random_walk import labels_at_threshold
+
+log = logging.getLogger("wsss_steps.pseudo_masks")
+
+STAGE = "pseudo_masks"
+PNOC_CRF = dataclasses.replace(IRN_CRF, iterations=1, gt_prob=0.9)
+
+
+def refine_mask(image: np.ndarray, mask: np.ndarray, keys: np.ndarray, crf: CrfSettings = PNOC_CRF) -> np.ndarray:
+    """dCRF of a mask (H, W) (mask numbering) on the compact labels 0..K; returns mask numbering."""
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    lut = np.r_[0, keys + 1]
+    compact_of = np.full(256, -1, dtype=np.int64)
+    compact_of[lut] = np.arange(lut.size)
+    compact = compact_of[mask]
+    if (compact < 0).any():
+        raise ValueError(f"mask holds values {np.unique(mask[compact < 0]).tolist()} outside background "
+                         f"and its keys {keys.tolist()}")
+    return lut[crf_from_labels(image, compact, lut.size, crf)].astype(np.uint8)
+
+
+def one_hot(mask: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """(K, H, W) uint8: 1 where ``mask`` equals key + 1."""
+    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+    return (mask[None] == (keys + 1)[:, None, None]).astype(np.uint8)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m wsss_steps.pseudo_masks", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--maps", required=True, help="merged random-walk map file (cam, keys, pseudo_label)")
+    parser.add_argument("--manifest", required=True, help="split manifest CSV written by prepare_data")
+    parser.add_argument("--out", required=True, help="output file (.h5; a shard file with --num-shards > 1)")
+    parser.add_argument("--shard", type=int, default=0, help="0-based shard index")
+    parser.add_argument("--num-shards", type=int, default=1)
+    parser.add_argument("--threshold", type=float,
+                        help="background threshold (default: the walk's sem_seg_bg_thres, its pseudo_label)")
+    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=False,
+                        help="refine each mask with dCRF (default: no)")
+    parser.add_argument("--crf-iterations", type=int, default=PNOC_CRF.iterations, help="(default: %(default)s)")
+    parser.add_argument("--crf-gt-prob", type=float, default=PNOC_CRF.gt_prob, help="(default: %(default)s)")
+    parser.add_argument("--export-png", type=Path, metavar="DIR", help="also write DIR/<id>.png (VOC palette)")
+    parser.add_argument("--method", help="method name stored in the file (default: the walk's)")
+    parser.add_argument("--log", help="log file (default: stderr only)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log)
+    crf = dataclasses.replace(PNOC_CRF, iterations=args.crf_iterations, gt_prob=args.crf_gt_prob) \
+        if args.crf else None
+    manifest = read_manifest(args.manifest)
+    walk = MapReader(args.maps)
+    walk.require(manifest.ids)
+    threshold = args.threshold if args.threshold is not None else walk.params.get("sem_seg_bg_thres")
+    if threshold is None:
+        raise SystemExit(f"pseudo_masks: {args.maps} does not record sem_seg_bg_thres; pass --threshold")
+    recompute = args.threshold is not None
+
+    def compute(record: ImageRecord) -> dict[str, np.ndarray]:
+        data = walk.read(record.image_id, ["cam", "keys"] if recompute else ["pseudo_label", "keys"])
+        keys = data["keys"]
+        mask = labels_at_threshold(np.asarray(data["cam"], np.float32), keys, threshold) if recompute \
+            else np.asarray(data["pseudo_label"], dtype=np.uint8)
+        if crf is not None:
+            mask = refine_mask(read_image(record.image_path), mask, keys, crf)
+        if args.export_png is not None:
+            write_label_mask(args.export_png / f"{record.image_id}.png", mask)
+        return {"mask": mask, "mask_onehot": one_hot(mask, keys)}
+
+    params = {"threshold": threshold, "crf": dataclasses.asdict(crf) if crf is not None else None,
+              "walk": walk.params}
+    method = args.method or str(walk.attrs.get("method", "")) or "irn"
+    try:
+        count = write_map_shard(manifest, args.shard, args.num_shards, args.out, compute, stage=STAGE,
+                                method=method, params=params)
+    finally:
+        walk.close()
+    log.info("wrote %s (%d images computed in this run; threshold %s, %s)", args.out, count, threshold,
+             "with dCRF" if crf is not None else "no dCRF")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
