@@ -251,6 +251,10 @@ def climb(model: CamClassifier, images: torch.Tensor, classes: torch.Tensor,
         x = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
     else:
         x = images
+    if steps > 1 and x.device.type == "cpu":
+        # oneDNN's convolutions and their backward run ~10 % faster on NHWC input here; without
+        # climbing (T ≤ 1) the layout of `multiscale_cams` keeps the clean CAMs bit for bit equal.
+        x = x.contiguous(memory_format=torch.channels_last)
     target = classes.repeat_interleave(pair)
     coefficients = coefficients.repeat_interleave(pair, dim=0)
     rows = torch.arange(x.shape[0], device=x.device)

@@ -74,7 +74,7 @@ class GeneratorSettings:
     max_objects: int = 3
     seed: int = 0
     single_object: bool = False
-    pair_prob: float = 0.85
+    pair_prob: float = 0.7
     duplicate_prob: float = 0.1
     part_fraction_min: float = 0.06
     part_fraction_max: float = 0.10
@@ -469,19 +469,23 @@ def _sample_classes(rng: np.random.Generator, settings: GeneratorSettings,
         return [(index % num_classes, None)]  # balanced classes for WSOL
     count = int(rng.integers(settings.min_objects, settings.max_objects + 1))
     pair = cooccurring_pair(num_classes)
-    first = int(rng.integers(num_classes))
-    chosen: list[tuple[int, int | None]] = [(first, None)]
-    if pair is not None and first in pair and settings.max_objects >= 2 and rng.random() < settings.pair_prob:
-        chosen.append((pair[1] if first == pair[0] else pair[0], 0))
-        count = max(count, 2)
-    # The pair's classes enter only as a first object (and its partner), so they seldom appear apart.
-    others = [c for c in range(num_classes) if pair is None or c not in pair]
+    chosen: list[tuple[int, int | None]] = []
+    # Every class can be drawn at any position, so "no other class's part in the image" never
+    # implies chair or table (a non-local shortcut a classifier would otherwise learn); a drawn
+    # chair or table brings its partner beside it with probability pair_prob.
     while len(chosen) < count:
         present = [c for c, _ in chosen]
-        pool = [c for c in others if c not in present] or [c for c in range(num_classes) if c not in present]
-        if not pool or rng.random() < settings.duplicate_prob:
+        pool = [c for c in range(num_classes) if c not in present]
+        if not pool or (present and rng.random() < settings.duplicate_prob):
             pool = present
-        chosen.append((pool[int(rng.integers(len(pool)))], None))
+        # Half weight for the pair's classes: their partners make up the rest of their frequency.
+        weights = np.array([0.5 if pair is not None and c in pair else 1.0 for c in pool])
+        drawn = pool[int(rng.choice(len(pool), p=weights / weights.sum()))]
+        chosen.append((drawn, None))
+        if pair is not None and drawn in pair and len(chosen) < settings.max_objects:
+            partner = pair[1] if drawn == pair[0] else pair[0]
+            if partner not in present and rng.random() < settings.pair_prob:
+                chosen.append((partner, len(chosen) - 1))
     return chosen
 
 
