@@ -48,8 +48,8 @@ from wsss_steps.preprocess import normalize_image, resolve_device
 from wsss_steps.training import (
     CHECKPOINT_FORMAT,
     POLY_POWER,
-    load_checkpoint,
     poly_lr_factor,
+    resume_training,
     seed_worker,
     set_bn_frozen,
     settings_hash,
@@ -266,16 +266,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps_per_epoch = num_images // args.batch_size if drop_last else 1
     total_steps = steps_per_epoch * args.epochs
 
-    start_epoch, step, history = 0, 0, []
     checkpoint_path = args.checkpoint_dir / "last.pt" if args.checkpoint_dir else None
-    if checkpoint_path is not None:
-        checkpoint = load_checkpoint(checkpoint_path, expected_hash, settings)
-        if checkpoint is not None:
-            model.load_state_dict(checkpoint["model"])
-            optimizer.load_state_dict(checkpoint["optimizer"])
-            start_epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
-            history = list(checkpoint["history"])
-            log.info("resuming from %s after epoch %d of %d", checkpoint_path, start_epoch, args.epochs)
+    start_epoch, step, history = resume_training(checkpoint_path, expected_hash, settings, model, optimizer,
+                                                 args.epochs)
     log.info("training %s (%s, output stride %d, %s) on %d images of %s, %d classes, %d epochs of "
              "%d steps, device %s", args.variant, args.backbone, args.output_stride,
              "ImageNet init" if args.pretrained else "random init", num_images, dataset_name,

@@ -77,3 +77,19 @@ def load_checkpoint(path: Path, expected_hash: str, settings: dict[str, Any]) ->
                     path, ", ".join(changed) or "unknown")
         return None
     return checkpoint
+
+
+def resume_training(checkpoint_path: Path | None, expected_hash: str, settings: dict[str, Any],
+                    model: nn.Module, optimizer: torch.optim.Optimizer, epochs: int
+                    ) -> tuple[int, int, list[dict[str, Any]]]:
+    """Loads a matching checkpoint into model and optimizer: (start epoch, step, metric history)."""
+    if checkpoint_path is None:
+        return 0, 0, []
+    checkpoint = load_checkpoint(checkpoint_path, expected_hash, settings)
+    if checkpoint is None:
+        return 0, 0, []
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    start_epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
+    log.info("resuming from %s after epoch %d of %d", checkpoint_path, start_epoch, epochs)
+    return start_epoch, step, list(checkpoint["history"])
