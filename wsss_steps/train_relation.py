@@ -48,7 +48,7 @@ from wsss_steps.datasets import Manifest, read_manifest
 from wsss_steps.image_io import read_image
 from wsss_steps.logs import setup_logging
 from wsss_steps.map_store import MapReader
-from wsss_steps.networks.io import atomic_torch_save, load_classifier
+from wsss_steps.networks.io import load_classifier
 from wsss_steps.networks.relation import (
     RelationNet,
     affinity_loss,
@@ -58,10 +58,10 @@ from wsss_steps.networks.relation import (
 )
 from wsss_steps.preprocess import resolve_device
 from wsss_steps.training import (
-    CHECKPOINT_FORMAT,
     POLY_POWER,
     poly_lr_factor,
     resume_training,
+    save_checkpoint,
     seed_worker,
     settings_hash,
     write_csv,
@@ -280,11 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     and epoch + 1 < args.epochs)
         if checkpoint_path is not None and ((epoch + 1) % args.checkpoint_every == 0
                                             or epoch + 1 == args.epochs or stopping):
-            atomic_torch_save({
-                "format": CHECKPOINT_FORMAT, "settings_hash": expected_hash, "settings": settings,
-                "epoch": epoch + 1, "step": step, "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(), "history": history,
-            }, checkpoint_path)
+            save_checkpoint(checkpoint_path, expected_hash, settings, epoch + 1, step, model, optimizer,
+                            history)
         if stopping:
             log.info("stopping after epoch %d of %d as asked (--stop-after-epochs); rerun to resume from %s",
                      epoch + 1, args.epochs, checkpoint_path)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from wsss_steps.networks.io import atomic_torch_save
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "wsss_train_checkpoint/1"
@@ -93,3 +95,14 @@ def resume_training(checkpoint_path: Path | None, expected_hash: str, settings: 
     start_epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
     log.info("resuming from %s after epoch %d of %d", checkpoint_path, start_epoch, epochs)
     return start_epoch, step, list(checkpoint["history"])
+
+
+def save_checkpoint(checkpoint_path: Path, expected_hash: str, settings: dict[str, Any], epoch: int,
+                    step: int, model: nn.Module, optimizer: torch.optim.Optimizer,
+                    history: list[dict[str, Any]]) -> None:
+    """Writes what `resume_training` reads, atomically (a kill never leaves a torn checkpoint)."""
+    atomic_torch_save({
+        "format": CHECKPOINT_FORMAT, "settings_hash": expected_hash, "settings": settings,
+        "epoch": epoch, "step": step, "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(), "history": history,
+    }, checkpoint_path)
