@@ -138,7 +138,8 @@ def test_parts_are_small_saturated_and_class_coloured() -> None:
     settings = GeneratorSettings()
     fractions = []
     background_saturated = []
-    for index in range(16):
+    shown = []
+    for index in range(24):
         rendered = render_image(settings, "val", index)
         hsv = cv2.cvtColor(rendered.image, cv2.COLOR_RGB2HSV_FULL).astype(np.float64)
         saturated = (hsv[..., 1] > 140) & (hsv[..., 2] > 100)
@@ -148,7 +149,7 @@ def test_parts_are_small_saturated_and_class_coloured() -> None:
             own = rendered.instances == number
             inner = own & cv2.erode(own.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
             part, body = inner & rendered.parts, inner & ~rendered.parts
-            assert obj.visible_part_area > 0
+            shown.append(obj.visible_part_area > 0)
             if part.sum() >= 4:
                 assert saturated[part].mean() > 0.9
                 hue = np.median(hsv[..., 0][part]) * 360 / 256
@@ -159,6 +160,14 @@ def test_parts_are_small_saturated_and_class_coloured() -> None:
     assert fractions_array.min() >= 0.04 and fractions_array.max() <= 0.14
     assert settings.part_fraction_min <= fractions_array.mean() <= settings.part_fraction_max
     assert max(background_saturated) < 0.01  # clutter never uses part colours
+    assert all(shown)  # part_prob 1 by default
+
+
+def test_part_prob_hides_some_parts() -> None:
+    settings = GeneratorSettings(part_prob=0.7)
+    objects = [obj for index in range(24) for obj in render_image(settings, "val", index).objects]
+    shown = np.mean([obj.visible_part_area > 0 for obj in objects])
+    assert 0.5 < shown < 0.9
 
 
 def test_boxes_match_masks(small_dataset: Path) -> None:

@@ -17,6 +17,10 @@ The scenes are built to show the problem WSSS methods address, not to be easy:
   a context bias (like boat and water) that makes the CAM of one leak onto the other;
 - textured, cluttered backgrounds (noise, gradients, blobs, stripes, sticks, and now and then a
   faded part-less copy of a class body) in body colours, so "not background" is no shortcut;
+- objects are large, as in VOC (half size 0.24-0.40 of the image side; about a quarter of the
+  pixels are foreground, VOC's share): with smaller objects a stride-8 CAM blob was as large as
+  the object, and the seeds' errors were blur rather than missed bodies;
+- with ``part_prob`` < 1 some objects hide their part and only their body tells the class;
 - objects are scaled, rotated, mirrored, overlap (later ones occlude earlier ones; masks and boxes
   follow what is visible) and may be cut by the image border; masks carry a ~2 px void band along
   every instance boundary, as VOC masks do.
@@ -78,8 +82,9 @@ class GeneratorSettings:
     duplicate_prob: float = 0.1
     part_fraction_min: float = 0.06
     part_fraction_max: float = 0.10
-    object_scale_min: float = 0.14
-    object_scale_max: float = 0.26
+    part_prob: float = 1.0
+    object_scale_min: float = 0.24
+    object_scale_max: float = 0.40
     min_visible: float = 0.6
     clutter_min: int = 4
     clutter_max: int = 9
@@ -101,7 +106,7 @@ class GeneratorSettings:
             problems.append("need 1 <= min_objects <= max_objects <= 6")
         if self.seed < 0:
             problems.append("seed must be >= 0")
-        for name in ("pair_prob", "duplicate_prob", "decoy_prob", "min_visible", "color_jitter"):
+        for name in ("pair_prob", "duplicate_prob", "decoy_prob", "min_visible", "color_jitter", "part_prob"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 problems.append(f"{name} must be in [0, 1]")
         if not 0.0 < self.part_fraction_min <= self.part_fraction_max <= 0.5:
@@ -527,7 +532,8 @@ def _place_objects(rng: np.random.Generator, settings: GeneratorSettings,
 
 
 def _paint_object(rng: np.random.Generator, canvas: np.ndarray, obj: _Object,
-                  settings: GeneratorSettings) -> None:
+                  settings: GeneratorSettings) -> bool:
+    """Paints the body and, with probability part_prob, the part; returns whether the part shows."""
     spec = CLASS_SPECS[obj.class_index]
     preferred = [(3 * obj.class_index + j) % len(BODY_PALETTE) for j in range(4)]
     colour = BODY_PALETTE[preferred[int(rng.integers(4))]] * rng.uniform(0.88, 1.12, 3).astype(np.float32)
@@ -538,9 +544,12 @@ def _paint_object(rng: np.random.Generator, canvas: np.ndarray, obj: _Object,
     _composite(canvas, obj.region, obj.body, layer)
     if rng.random() < 0.6:
         _darken_edge(canvas, obj.body)
+    if rng.random() >= settings.part_prob:
+        return False  # seen from a side that hides the part: only the body tells the class
     part_colour = _hsv_rgb(spec.part_hue + rng.uniform(-6, 6), rng.uniform(0.8, 1.0), rng.uniform(0.8, 0.97))
     grain = 1 + np.float32(0.05) * _waves(rng, obj.u, obj.v, 4.0, 8.0, 2)
     _composite(canvas, obj.region, obj.part, _shaded_layer(part_colour, grain * shade))
+    return True
 
 
 def _draw_decoy(rng: np.random.Generator, canvas: np.ndarray, settings: GeneratorSettings) -> None:
@@ -615,8 +624,7 @@ def render_image(settings: GeneratorSettings, split: str, index: int) -> Rendere
     if rng.random() < settings.decoy_prob:
         _draw_decoy(rng, canvas, settings)
     objects = _place_objects(rng, settings, plan)
-    for obj in objects:
-        _paint_object(rng, canvas, obj, settings)
+    shows_part = [_paint_object(rng, canvas, obj, settings) for obj in objects]
     image = _finish(rng, canvas, settings)
 
     instances = np.zeros((size, size), np.uint8)
@@ -629,13 +637,14 @@ def render_image(settings: GeneratorSettings, split: str, index: int) -> Rendere
     mask[cv2.dilate(instances, kernel) != cv2.erode(instances, kernel)] = IGNORE_LABEL
     parts = np.zeros((size, size), bool)
     infos = []
-    for number, obj in enumerate(objects, start=1):
+    for number, (obj, shown) in enumerate(zip(objects, shows_part, strict=True), start=1):
         own = instances == number
         ys, xs = np.nonzero(own)
-        parts |= own & obj.part
+        visible_part = own & obj.part if shown else np.zeros_like(own)
+        parts |= visible_part
         infos.append(ObjectInfo(obj.class_index, (int(xs.min()), int(ys.min()), int(xs.max()), int(ys.max())),
                                 int(obj.body.sum()), int(obj.part.sum()), int(own.sum()),
-                                int((own & obj.part).sum())))
+                                int(visible_part.sum())))
     return RenderedImage(image_id(split, index), image, mask, instances, parts, tuple(infos))
 
 
@@ -780,6 +789,7 @@ _HELP = {
     "duplicate_prob": "probability that an extra object repeats a class already in the image",
     "part_fraction_min": "smallest part area as a fraction of its object's area",
     "part_fraction_max": "largest part area as a fraction of its object's area",
+    "part_prob": "probability that an object shows its part (else only its body tells the class)",
     "object_scale_min": "smallest object half size, as a fraction of the image size",
     "object_scale_max": "largest object half size, as a fraction of the image size",
     "min_visible": "fraction of each object that must stay unoccluded",

@@ -21,7 +21,7 @@ from wsss_steps.networks.io import atomic_torch_save
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "wsss_train_checkpoint/1"
+CHECKPOINT_FORMAT = "wsss_train_checkpoint/2"  # 2: small_resnet with hybrid dilations
 POLY_POWER = 0.9
 
 

@@ -20,7 +20,7 @@ import torch
 from wsss_steps.networks.backbones import build_backbone
 from wsss_steps.networks.classifier import CamClassifier
 
-FORMAT = "wsss_classifier/1"
+FORMAT = "wsss_classifier/2"  # 2: small_resnet with hybrid dilations
 
 
 def _plain(value: Any, where: str) -> Any:
