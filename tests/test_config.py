@@ -31,6 +31,7 @@ def test_mistyped_key_is_named_with_allowed_keys() -> None:
 
 def test_experiment_must_name_configured_parts() -> None:
     config = copy.deepcopy(CONFIG)
+    index = len(config["experiments"])
     config["experiments"].append({"classifier": "puzzle", "seeds": "cam"})
-    with pytest.raises(ConfigError, match=r"experiments\[1\].classifier = 'puzzle' is not a key of 'classifiers'"):
+    with pytest.raises(ConfigError, match=rf"experiments\[{index}\].classifier = 'puzzle' is not a key of 'classifiers'"):
         check_config(config, SCHEMA)
