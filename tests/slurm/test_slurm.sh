@@ -8,7 +8,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 source tests/slurm/cluster.sh
 
 missing=()
-command -v slurmctld >/dev/null || missing+=(slurmctld slurmd slurm-client)
+command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null \
+  || missing+=(slurm-wlm)
 command -v munged >/dev/null || missing+=(munge)
 if ((${#missing[@]})); then
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo -n"
