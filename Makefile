@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
-.PHONY: env run test lint envs clean-results
+.PHONY: env run test test-slurm lint envs clean-results
 
 env: $(VENV)/.synced
 
@@ -23,6 +23,11 @@ test: env
 	$(BIN)/ruff check wsss_steps tests benchmarks
 	$(BIN)/snakemake --lint
 	$(BIN)/pytest -q
+
+# A one-node SLURM cluster on localhost (installs slurm-wlm and munge when missing; root or sudo):
+# the tiny workflow through --executor slurm equals a local run. See tests/slurm/test_slurm.sh.
+test-slurm: env
+	bash tests/slurm/test_slurm.sh
 
 lint: env
 	$(BIN)/ruff check wsss_steps tests benchmarks

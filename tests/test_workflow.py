@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -13,31 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
-# Jobs call `python`: this environment's, as after `source .venv/bin/activate`.
-ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-
-TINY = {
-    "dataset": {"name": "tiny", "kind": "generated", "root": "data/tiny",
-                "generator": {"num_train": 24, "num_val": 12, "image_size": 64, "num_classes": 3, "seed": 1}},
-    "shards": 2,
-    "classifiers": {"cam": {"variant": "cam", "backbone": "small_resnet", "epochs": 2, "batch_size": 8,
-                            "resize_long": [48, 80], "crop": 64, "output_stride": 8}},
-    "seeds": {"cam": {"method": "cam", "scales": [1.0, 0.5]}},
-    "experiments": [{"classifier": "cam", "seeds": "cam"}],
-    "evaluation": {"seeds": {"thresholds": [0.1, 0.5, 0.1], "crf": True, "crf_thresholds": [0.2, 0.4, 0.2],
-                             "crf_workers": 1}},
-    "relation": {"epochs": 1, "batch_size": 8, "crop": 64},
-    "resources": {"threads": 1},
-}
-
-
-def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
-    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True,
-                            timeout=900, env=ENV)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result
+from .workflow_helpers import ENV, SNAKEMAKE, TINY, snakemake, write_config
 
 
 def planned_jobs(workdir: Path) -> dict[str, int]:
@@ -45,10 +19,6 @@ def planned_jobs(workdir: Path) -> dict[str, int]:
     out = snakemake(workdir, "--dry-run", "--quiet", "rules").stdout
     return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.MULTILINE)
             if m.group(1) != "total"}
-
-
-def write_config(workdir: Path, config: dict) -> None:
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
 
 
 @pytest.fixture(scope="module")

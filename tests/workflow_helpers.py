@@ -1,0 +1,51 @@
+"""Shared by the workflow tests: the tiny config and a way to run snakemake on it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile")]
+# Jobs call `python`: this environment's, as after `source .venv/bin/activate`.
+ENV = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+TINY: dict[str, Any] = {
+    "dataset": {"name": "tiny", "kind": "generated", "root": "data/tiny",
+                "generator": {"num_train": 24, "num_val": 12, "image_size": 64, "num_classes": 3, "seed": 1}},
+    "shards": 2,
+    "classifiers": {"cam": {"variant": "cam", "backbone": "small_resnet", "epochs": 2, "batch_size": 8,
+                            "resize_long": [48, 80], "crop": 64, "output_stride": 8}},
+    "seeds": {"cam": {"method": "cam", "scales": [1.0, 0.5]}},
+    "experiments": [{"classifier": "cam", "seeds": "cam"}],
+    "evaluation": {"seeds": {"thresholds": [0.1, 0.5, 0.1], "crf": True, "crf_thresholds": [0.2, 0.4, 0.2],
+                             "crf_workers": 1}},
+    "relation": {"epochs": 1, "batch_size": 8, "crop": 64},
+    "resources": {"threads": 1},
+}
+
+
+def tiny_config(**changes: Any) -> dict[str, Any]:
+    """A deep copy of TINY with top-level keys replaced."""
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config.update(yaml.safe_load(yaml.safe_dump(changes)))
+    return config
+
+
+def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Runs snakemake on this repository's Snakefile in `workdir`; fails the test on an error."""
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), *args], capture_output=True, text=True,
+                            timeout=timeout, env=ENV)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path:
+    path = workdir / name
+    path.write_text(yaml.safe_dump(config))
+    return path
