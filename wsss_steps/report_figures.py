@@ -28,7 +28,8 @@ import numpy as np
 from wsss_steps.datasets import read_manifest
 from wsss_steps.evaluate_seeds import foreground_argmax
 from wsss_steps.image_io import read_image, read_label_mask, write_image
-from wsss_steps.inspect import colorize_labels, titled
+from wsss_steps.inspect import colorize_labels
+from wsss_steps.inspect import titled as titled_panel
 from wsss_steps.logs import setup_logging
 from wsss_steps.map_store import MapReader
 
@@ -39,6 +40,7 @@ STAGES: tuple[str, ...] = ("seeds", "seeds_crf", "pseudo_masks", "pseudo_masks_c
 STAGE_TITLES = {"seeds": "seeds", "seeds_crf": "+CRF", "pseudo_masks": "pseudo masks", "pseudo_masks_crf": "+CRF",
                 "segmentation": "segmentation (val)", "segmentation_crf": "+CRF"}
 FULL = "full"
+GALLERY_PANEL = 160  # small images are enlarged (nearest neighbour) to at least this height
 
 
 def _split_pairs(pairs: Sequence[str], option: str) -> list[tuple[str, Path]]:
@@ -224,6 +226,12 @@ def render_gallery(manifest_path: Path, model_path: Path, out: Path, count: int,
         for image_id in ids:
             record = manifest.record(image_id)
             image = read_image(record.image_path)
+            zoom = max(1, -(-GALLERY_PANEL // image.shape[0]))
+
+            def titled(panel: np.ndarray, title: str, zoom: int = zoom) -> np.ndarray:
+                return titled_panel(cv2.resize(panel, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST),
+                                    title)
+
             panels = [titled(image, image_id)]
             if record.mask_path is not None:
                 gt = read_label_mask(record.mask_path)
