@@ -284,3 +284,26 @@ def test_gallery_shows_every_stage(shapes: dict[str, Path], tmp_path: Path) -> N
     with Image.open(tmp_path / "g.png") as image:
         # 6 panels (image, gt, seeds, pseudo mask, prediction, +CRF) of 32 px enlarged ×5; 2 rows with titles
         assert image.size == (6 * 160, 2 * (160 + 18 + 4))
+
+
+def test_default_config_section_maps_to_the_step_options() -> None:
+    """Every training key of config.yaml's segmentation section is an option of the step (as the
+    rule passes them: --key value, booleans as --key / --no-key)."""
+    import yaml
+
+    section = yaml.safe_load((Path(__file__).resolve().parent.parent / "config.yaml").read_text())["segmentation"]
+    argv = ["--manifest", "m.csv", "--ground-truth", "--out", "o.pt"]
+    for key, value in section.items():
+        if key in ("test_scales", "flip", "crf", "init_from_classifier", "checkpoint_every") or value is None:
+            continue
+        option = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            argv.append(option if value else option.replace("--", "--no-", 1))
+        else:
+            argv += [option, *map(str, value if isinstance(value, list) else [value])]
+    args = train_segmentation.build_parser().parse_args(argv)
+    assert args.head == section["head"] and args.aspp_rates == section["aspp_rates"]
+    assert list(args.resize_long) == section["resize_long"] and args.epochs == section["epochs"]
+    test_scales = segment.build_parser().parse_args(
+        ["--model", "m.pt", "--manifest", "v.csv", "--out", "p.h5", "--scales", *map(str, section["test_scales"])])
+    assert test_scales.scales == section["test_scales"]
