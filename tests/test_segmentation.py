@@ -307,3 +307,17 @@ def test_default_config_section_maps_to_the_step_options() -> None:
     test_scales = segment.build_parser().parse_args(
         ["--model", "m.pt", "--manifest", "v.csv", "--out", "p.h5", "--scales", *map(str, section["test_scales"])])
     assert test_scales.scales == section["test_scales"]
+
+
+def test_report_screenshot_page_opens_the_result_after_the_last_body_end() -> None:
+    from wsss_steps.report_screenshot import page_showing
+
+    html = ('<html><body><script>var s = "</body>"; var results = {"results/x/stages.html": {}};</script>'
+            "</body></html>")
+    assert page_showing(html, None) == html
+    page = page_showing(html, "results/x/stages.html")
+    assert page.startswith(html[:html.rindex("</body>")]) and page.endswith("</body></html>")
+    assert page.count("</body>") == 2 and page.index("setTimeout") > page.index("var results")
+    assert 'results["results/x/stages.html"]' in page
+    with pytest.raises(ValueError, match="no result 'results/y.png'"):
+        page_showing(html, "results/y.png")
