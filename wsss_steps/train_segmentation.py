@@ -57,7 +57,14 @@ from wsss_steps.networks.segmentation import (
 )
 from wsss_steps.preprocess import resolve_device
 from wsss_steps.train_relation import file_digest
-from wsss_steps.training import POLY_POWER, set_bn_frozen, settings_hash, train_epochs
+from wsss_steps.training import (
+    POLY_POWER,
+    add_checkpoint_arguments,
+    add_run_arguments,
+    set_bn_frozen,
+    settings_hash,
+    train_epochs,
+)
 
 log = logging.getLogger("wsss_steps.train_segmentation")
 
@@ -174,11 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start the backbone from this trained classifier's backbone")
     io.add_argument("--out", required=True, type=Path, help="the trained network (.pt)")
     io.add_argument("--metrics", type=Path, help="CSV with one row per epoch")
-    io.add_argument("--checkpoint-dir", type=Path, help="folder for last.pt; a run resumes from it when its settings match")
-    io.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default: %(default)s)")
-    io.add_argument("--stop-after-epochs", type=int, metavar="N",
-                    help="stop after N epochs of this run (checkpointed, no model file); a rerun resumes")
-    io.add_argument("--log", type=Path, help="also log to this file")
+    add_checkpoint_arguments(io)
     net = parser.add_argument_group("network")
     net.add_argument("--head", choices=HEADS, default="deeplabv2", help="(default: %(default)s)")
     net.add_argument("--backbone", choices=BACKBONES, default="resnet101", help="(default: %(default)s)")
@@ -206,10 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="seeds the init, epoch order and augmentation")
     train.add_argument("--cache-images", action=argparse.BooleanOptionalAction, default=False,
                        help="keep decoded images and masks in memory (small datasets; default: no)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    run.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes (default: %(default)s)")
+    run = add_run_arguments(parser)
     run.add_argument("--name", default="", help="method name stored in the model (e.g. the pseudo masks' seeds)")
     run.add_argument("--dataset", default="", help="dataset name (default: from the manifest)")
     return parser

@@ -3,6 +3,7 @@ resumable checkpoints, poly learning-rate decay, frozen BatchNorm, seeded worker
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
@@ -28,6 +29,29 @@ POLY_POWER = 0.9
 def settings_hash(settings: dict[str, Any]) -> str:
     """The hash a checkpoint stores: resume only from a run with exactly these settings."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def add_checkpoint_arguments(group: argparse._ArgumentGroup) -> None:
+    """The resume options every training step takes: --checkpoint-dir/-every, --stop-after-epochs, --log."""
+    group.add_argument("--checkpoint-dir", type=Path,
+                       help="folder for last.pt; a run resumes from it when its settings match")
+    group.add_argument("--checkpoint-every", type=int, default=1,
+                       help="epochs between checkpoints (default: %(default)s)")
+    group.add_argument("--stop-after-epochs", type=int, metavar="N",
+                       help="stop after N epochs of this run (checkpointed, no model file); "
+                       "a rerun resumes; for time-limited jobs")
+    group.add_argument("--log", type=Path, help="also log to this file")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The 'run' group every training step takes (--device, --threads, --num-workers); returned so
+    a step can add its own."""
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--num-workers", type=int, default=0,
+                     help="data-loading worker processes (default: %(default)s)")
+    return run
 
 
 def seed_worker(worker_id: int) -> None:
