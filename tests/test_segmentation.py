@@ -282,8 +282,8 @@ def test_gallery_shows_every_stage(shapes: dict[str, Path], tmp_path: Path) -> N
                                         tmp_path / "seeds.h5", rows, shapes["masks"], (1.0,), True, True)
     assert ids == ["img0", "img5"]
     with Image.open(tmp_path / "g.png") as image:
-        # 6 panels (image, gt, seeds, pseudo mask, prediction, +CRF) of 32 px enlarged ×5; 2 rows with titles
-        assert image.size == (6 * 160, 2 * (160 + 18 + 4))
+        # 6 panels (image, gt, seeds, pseudo mask, prediction, +CRF) of 32 px enlarged ×4; 2 rows with titles
+        assert image.size == (6 * 128, 2 * (128 + 18 + 4))
 
 
 def test_default_config_section_maps_to_the_step_options() -> None:

@@ -40,7 +40,7 @@ STAGES: tuple[str, ...] = ("seeds", "seeds_crf", "pseudo_masks", "pseudo_masks_c
 STAGE_TITLES = {"seeds": "seeds", "seeds_crf": "+CRF", "pseudo_masks": "pseudo masks", "pseudo_masks_crf": "+CRF",
                 "segmentation": "segmentation (val)", "segmentation_crf": "+CRF"}
 FULL = "full"
-GALLERY_PANEL = 160  # small images are enlarged (nearest neighbour) to at least this height
+GALLERY_PANEL = 128  # smaller images are enlarged (nearest neighbour) to at least this height
 
 
 def _split_pairs(pairs: Sequence[str], option: str) -> list[tuple[str, Path]]:
