@@ -161,7 +161,7 @@ def plot_per_class(tables: Sequence[tuple[str, Path]], out: Path, title: str) ->
             raise ValueError(f"report_figures: {path} lists classes {names}, the others {classes}")
         values.append([100 * float(r["iou"]) if r["iou"] not in ("", "nan") else 0.0 for r in rows])
     assert classes is not None, "no per-class table given"
-    fig, ax = plt.subplots(figsize=(max(6.4, 0.9 * len(classes) * max(1, len(tables)) / 2), 4.0), dpi=100)
+    fig, ax = plt.subplots(figsize=(min(14.0, max(6.4, 2.0 + 0.22 * len(classes) * len(tables))), 4.5), dpi=100)
     width = 0.8 / len(tables)
     positions = np.arange(len(classes))
     for i, (name, _) in enumerate(tables):
