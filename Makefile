@@ -16,8 +16,10 @@ $(VENV)/.synced: pyproject.toml uv.lock
 	@touch $@
 
 # Jobs call `python`: the environment's bin/ goes first on PATH (as `source .venv/bin/activate`).
+# Then the HTML report of that run (results/report.html: tables, curves, bars, galleries).
 run: env
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --profile profiles/local --cores $(CORES)
+	PATH="$(abspath $(BIN)):$$PATH" snakemake --profile profiles/local --cores 1 --report results/report.html
 
 test: env
 	$(BIN)/ruff check wsss_steps tests benchmarks

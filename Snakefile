@@ -1,6 +1,6 @@
 # Weakly supervised semantic segmentation and localisation from image-level labels.
 # Stages: data → classifier → seeds → affinity labels → relation network → random walk →
-# pseudo masks; evaluations → results/summary.csv. See README.md.
+# pseudo masks → segmentation network; evaluations → results/summary.csv → report. See README.md.
 
 from snakemake.utils import min_version
 
@@ -10,15 +10,21 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/classifier.smk"
 include: "rules/seeds.smk"
 include: "rules/evaluation.smk"
 include: "rules/pseudo_masks.smk"
+include: "rules/segmentation.smk"
+include: "rules/report.smk"
 
 
 rule all:
     input:
         "results/summary.csv",
+        report_files(),
     default_target: True

@@ -35,3 +35,15 @@ def test_experiment_must_name_configured_parts() -> None:
     config["experiments"].append({"classifier": "puzzle", "seeds": "cam"})
     with pytest.raises(ConfigError, match=rf"experiments\[{index}\].classifier = 'puzzle' is not a key of 'classifiers'"):
         check_config(config, SCHEMA)
+
+
+def test_full_is_a_reserved_seeds_name() -> None:
+    config = copy.deepcopy(CONFIG)
+    assert {"classifier": "cam", "seeds": "full"} in config["experiments"]  # the upper bound
+    config["seeds"]["full"] = {"method": "cam"}
+    with pytest.raises(ConfigError, match="'full' is reserved"):
+        check_config(config, SCHEMA)
+    config = copy.deepcopy(CONFIG)
+    config["experiments"].append({"classifier": "cam", "seeds": "full", "segmentation": False})
+    with pytest.raises(ConfigError, match="needs segmentation: true"):
+        check_config(config, SCHEMA)

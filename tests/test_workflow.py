@@ -32,9 +32,12 @@ def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_summary_has_contract_rows(finished_run: Path) -> None:
     summary = pd.read_csv(finished_run / "results" / "summary.csv")
     assert {"dataset", "stage", "method", "split", "metric", "value"} <= set(summary.columns)
-    mious = summary[summary.metric == "miou"].set_index("stage")["value"]
-    assert set(mious.index) == {"seeds", "seeds_crf", "pseudo_masks", "pseudo_masks_crf"}
+    mious = summary[summary.metric == "miou"].set_index(["method", "stage"])["value"]
+    weak = {"seeds", "seeds_crf", "pseudo_masks", "pseudo_masks_crf", "segmentation", "segmentation_crf"}
+    assert set(mious.index) == {("cam", s) for s in weak} | {("full", "segmentation"), ("full", "segmentation_crf")}
     assert ((mious > 0) & (mious <= 1)).all()
+    splits = summary[summary.stage.str.startswith("segmentation")]["split"]
+    assert set(splits) == {"val"}
     assert (summary[(summary.stage == "classifier") & (summary.metric == "map")]["value"] > 0).all()
 
 
@@ -48,6 +51,22 @@ def test_seed_maps_hold_every_train_image(finished_run: Path) -> None:
         assert group["cam"].shape[0] == len(group["keys"]) > 0
 
 
+def test_segmentation_outputs_and_report(finished_run: Path) -> None:
+    val_ids = (finished_run / "data/tiny/ImageSets/Segmentation/val.txt").read_text().split()
+    for method in ("cam", "full"):
+        folder = finished_run / "results/tiny/segmentation/cam" / method
+        assert sorted(p.stem for p in (folder / "png_crf").glob("*.png")) == sorted(val_ids)
+        with h5py.File(folder / "predictions.h5", "r") as predictions:
+            assert sorted(predictions) == sorted(val_ids) and predictions.attrs["complete"]
+    report_dir = finished_run / "results/tiny/report"
+    assert (report_dir / "stages.html").read_text().count("<tr>") == 3
+    assert {p.name for p in (report_dir / "cam/cam").iterdir()} == {"sweep.png", "per_class.png", "gallery.png"}
+    assert {p.name for p in (report_dir / "cam/full").iterdir()} == {"per_class.png", "gallery.png"}
+    snakemake(finished_run, "--report", "report.html")
+    page = (finished_run / "report.html").read_text()
+    assert "gallery.png" in page and "stages.html" in page and "Stage-by-stage mIoU" in page
+
+
 def test_nothing_to_do_after_a_complete_run(finished_run: Path) -> None:
     assert planned_jobs(finished_run) == {}
 
@@ -57,7 +76,10 @@ def test_evaluation_setting_reruns_only_evaluation(finished_run: Path) -> None:
     config["evaluation"]["seeds"]["thresholds"] = [0.1, 0.6, 0.1]
     write_config(finished_run, config)
     try:
-        assert planned_jobs(finished_run) == {"evaluate_seeds": 2, "summary": 1, "all": 1}
+        # The seeds' sweep changes the report's sweep, bars, gallery (best threshold) and table.
+        assert planned_jobs(finished_run) == {"evaluate_seeds": 2, "summary": 1, "report_table": 1,
+                                              "report_sweep": 1, "report_per_class": 1, "report_gallery": 1,
+                                              "all": 1}
     finally:
         write_config(finished_run, TINY)
 
@@ -73,7 +95,23 @@ def test_classifier_setting_reruns_classifier_and_what_follows(finished_run: Pat
     assert jobs == {"train_classifier": 1, "seeds_shard": 2, "merge_seeds": 1, "evaluate_seeds": 2,
                     "affinity_labels_shard": 2, "merge_affinity_labels": 1, "train_relation": 1,
                     "random_walk_shard": 2, "merge_random_walk": 1, "pseudo_masks": 1,
-                    "evaluate_pseudo_masks": 1, "evaluate_pseudo_masks_crf": 1, "summary": 1, "all": 1}
+                    "evaluate_pseudo_masks": 1, "evaluate_pseudo_masks_crf": 1, "summary": 1, "all": 1,
+                    # both segmentation networks start from the classifier (cam and full)
+                    "train_segmentation": 2, "segment_shard": 4, "merge_segmentation": 2,
+                    "evaluate_segmentation": 4, "export_segmentation_png": 4, "report_table": 1,
+                    "report_sweep": 1, "report_per_class": 2, "report_gallery": 2}
+
+
+def test_inference_setting_reruns_only_inference(finished_run: Path) -> None:
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["segmentation"]["test_scales"] = [1.0, 0.5]
+    write_config(finished_run, config)
+    try:
+        jobs = planned_jobs(finished_run)
+    finally:
+        write_config(finished_run, TINY)
+    assert "train_segmentation" not in jobs
+    assert jobs["segment_shard"] == 4 and jobs["evaluate_segmentation"] == 4
 
 
 def test_unknown_config_key_fails_before_any_job(tmp_path: Path) -> None:

@@ -53,12 +53,22 @@ def unknown_keys(config: Any, schema: Mapping[str, Any], root: Mapping[str, Any]
     return problems
 
 
+FULL_SUPERVISION = "full"  # experiments' reserved seeds name: the segmentation network on ground truth
+
+
 def check_references(config: Mapping[str, Any]) -> list[str]:
-    """Experiments must name a configured classifier and seed method."""
+    """Experiments must name a configured classifier and seed method (or ``full``)."""
     problems = []
+    if FULL_SUPERVISION in config.get("seeds", {}):
+        problems.append(f"seeds.{FULL_SUPERVISION}: the name {FULL_SUPERVISION!r} is reserved for the "
+                        "fully supervised experiment (ground-truth masks); rename it")
     for index, experiment in enumerate(config.get("experiments", [])):
+        if experiment.get("seeds") == FULL_SUPERVISION and experiment.get("segmentation") is False:
+            problems.append(f"experiments[{index}]: seeds {FULL_SUPERVISION!r} needs segmentation: true")
         for section, key in (("classifiers", "classifier"), ("seeds", "seeds")):
             name = experiment.get(key)
+            if key == "seeds" and name == FULL_SUPERVISION:
+                continue
             if name not in config.get(section, {}):
                 problems.append(f"experiments[{index}].{key} = {name!r} is not a key of '{section}' "
                                 f"(configured: {', '.join(config.get(section, {}))})")

@@ -86,20 +86,27 @@ def load_seed_image(reader: MapReader, record: ImageRecord, map_name: str, num_c
                               f"class indices in 0..{num_classes - 1}")
     if not np.isfinite(cam).all():
         raise EvaluationError(f"image {image_id!r} in {reader.path}: {map_name!r} holds NaN or infinite values")
+    mask = read_ground_truth(record, num_classes)
+    if cam.shape[1:] != mask.shape:
+        raise EvaluationError(f"image {image_id!r}: maps in {reader.path} are {cam.shape[1:]}, "
+                              f"mask {record.mask_path} is {mask.shape}")
+    return SeedImage(image_id, cam, keys, mask)
+
+
+def read_ground_truth(record: ImageRecord, num_classes: int) -> np.ndarray:
+    """The image's ground-truth mask, checked (values 0..C and 255); EvaluationError naming it."""
+    image_id = record.image_id
     if record.mask_path is None:
         raise EvaluationError(f"image {image_id!r} has no ground-truth mask in the manifest")
     try:
         mask = read_label_mask(record.mask_path)
     except (OSError, ValueError) as error:
         raise EvaluationError(f"image {image_id!r}: cannot read mask {record.mask_path}: {error}") from error
-    if cam.shape[1:] != mask.shape:
-        raise EvaluationError(f"image {image_id!r}: maps in {reader.path} are {cam.shape[1:]}, "
-                              f"mask {record.mask_path} is {mask.shape}")
     bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(num_classes + 1), IGNORE_LABEL])
     if bad.size:
         raise EvaluationError(f"image {image_id!r}: mask {record.mask_path} holds values {bad.tolist()} "
                               f"outside 0..{num_classes} and {IGNORE_LABEL}")
-    return SeedImage(image_id, cam, keys, mask)
+    return mask
 
 
 def foreground_argmax(cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -192,6 +199,20 @@ def _crf_results(manifest: Manifest, map_path: Path, map_name: str, thresholds: 
         yield from pool.imap(_run_worker, manifest.records, chunksize=1)
 
 
+def open_for_manifest(map_path: Path, manifest: Manifest) -> MapReader:
+    """Opens a complete map file holding every image of the manifest (all missing ids in one error)."""
+    try:
+        reader = MapReader(map_path)
+    except MapStoreError as error:
+        raise EvaluationError(str(error)) from error
+    missing = [i for i in manifest.ids if i not in reader]
+    if missing:
+        reader.close()
+        raise EvaluationError(f"{map_path} lacks {len(missing)} image(s) of the manifest: "
+                              f"{missing[:20]}{' ...' if len(missing) > 20 else ''}")
+    return reader
+
+
 def evaluate_seeds(manifest: Manifest, map_path: str | Path, map_name: str,
                    thresholds: Sequence[float], crf: bool = False, workers: int = 1) -> np.ndarray:
     """Summed confusion matrices (T, L, L), L = C + 1, of all the manifest's images per threshold.
@@ -201,15 +222,7 @@ def evaluate_seeds(manifest: Manifest, map_path: str | Path, map_name: str,
     map_path = Path(map_path)
     num_labels = manifest.num_classes + 1
     total = np.zeros((len(thresholds), num_labels, num_labels), dtype=np.int64)
-    try:
-        reader = MapReader(map_path)
-    except MapStoreError as error:
-        raise EvaluationError(str(error)) from error
-    with reader:
-        missing = [i for i in manifest.ids if i not in reader]
-        if missing:
-            raise EvaluationError(f"{map_path} lacks {len(missing)} image(s) of the manifest: "
-                                  f"{missing[:20]}{' ...' if len(missing) > 20 else ''}")
+    with open_for_manifest(map_path, manifest) as reader:
         if not crf:
             for record in tqdm(manifest.records, desc="seed sweep", unit="img"):
                 seed = load_seed_image(reader, record, map_name, manifest.num_classes)
@@ -218,6 +231,31 @@ def evaluate_seeds(manifest: Manifest, map_path: str | Path, map_name: str,
     results = _crf_results(manifest, map_path, map_name, thresholds, workers)
     for result in tqdm(results, total=len(manifest.records), desc="seed sweep + CRF", unit="img"):
         total += result
+    return total
+
+
+def evaluate_label_maps(manifest: Manifest, map_path: str | Path, map_name: str) -> np.ndarray:
+    """The confusion matrix (L, L) of fixed label maps (H, W) in mask numbering (0 = background,
+    k + 1 = class k), e.g. a segmentation network's predictions; every image of the manifest must
+    have one, of its mask's size, with values in 0..C (else an EvaluationError naming it)."""
+    map_path = Path(map_path)
+    num_labels = manifest.num_classes + 1
+    total = np.zeros((num_labels, num_labels), dtype=np.int64)
+    with open_for_manifest(map_path, manifest) as reader:
+        for record in tqdm(manifest.records, desc="label maps", unit="img"):
+            data = reader.read(record.image_id)
+            if map_name not in data:
+                raise EvaluationError(f"image {record.image_id!r} in {map_path} has no dataset {map_name!r} "
+                                      f"(it holds {sorted(data)})")
+            labels = np.asarray(data[map_name])
+            mask = read_ground_truth(record, manifest.num_classes)
+            if labels.shape != mask.shape:
+                raise EvaluationError(f"image {record.image_id!r}: {map_name!r} in {map_path} is {labels.shape}, "
+                                      f"mask {record.mask_path} is {mask.shape}")
+            if labels.size and (labels.min() < 0 or labels.max() >= num_labels):
+                raise EvaluationError(f"image {record.image_id!r}: {map_name!r} in {map_path} holds values "
+                                      f"outside 0..{num_labels - 1}")
+            total += confusion_matrix(mask, labels, num_labels)
     return total
 
 
@@ -240,32 +278,42 @@ def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object
     os.replace(tmp, path)
 
 
-def write_outputs(confusions: np.ndarray, thresholds: Sequence[float], class_names: Sequence[str],
-                  identity: dict[str, str], curve_path: Path, per_class_path: Path,
+def write_outputs(confusions: np.ndarray, thresholds: Sequence[float] | None, class_names: Sequence[str],
+                  identity: dict[str, str], curve_path: Path | None, per_class_path: Path,
                   summary_path: Path, num_images: int) -> dict[str, float]:
-    """Writes curve, per-class and summary files; returns miou and best_threshold."""
+    """Writes curve, per-class and summary files; returns miou and best_threshold.
+
+    ``thresholds`` None: ``confusions`` is the one matrix (L, L) of fixed label maps; no
+    ``best_threshold`` row, and the curve (if asked for) has one row with an empty threshold.
+    """
+    fixed = thresholds is None
+    if fixed:
+        confusions = np.asarray(confusions)[None]
     scores = segmentation_scores(confusions)  # each (T, L)
     mious = np.asarray(mean_iou(confusions)).reshape(-1)
     with np.errstate(all="ignore"):
         means = {name: np.nanmean(values, axis=-1) for name, values in scores.items()}
-    _write_csv(curve_path, ["threshold", "miou", "mean_precision", "mean_recall", "mean_fp_rate", "mean_fn_rate"],
-               [[repr(t), _format(mious[i]), _format(means["precision"][i]), _format(means["recall"][i]),
-                 _format(means["fp_rate"][i]), _format(means["fn_rate"][i])]
-                for i, t in enumerate(thresholds)])
+    if curve_path is not None:
+        _write_csv(curve_path, ["threshold", "miou", "mean_precision", "mean_recall", "mean_fp_rate",
+                                "mean_fn_rate"],
+                   [["" if fixed else repr(t), _format(mious[i]), _format(means["precision"][i]),
+                     _format(means["recall"][i]), _format(means["fp_rate"][i]), _format(means["fn_rate"][i])]
+                    for i, t in enumerate([None] if fixed else thresholds)])
     best = best_index(mious)
     names = ["background", *class_names]
     _write_csv(per_class_path, ["class", *PER_CLASS_SCORES],
                [[name] + [_format(scores[s][best, c]) for s in PER_CLASS_SCORES] for c, name in enumerate(names)])
     key = [identity[c] for c in SUMMARY_COLUMNS[:5]]
-    rows = [key + ["miou", _format(mious[best])],
-            key + ["best_threshold", repr(thresholds[best])],
-            key + ["mean_precision", _format(means["precision"][best])],
+    rows = [key + ["miou", _format(mious[best])]]
+    if not fixed:
+        rows.append(key + ["best_threshold", repr(thresholds[best])])
+    rows += [key + ["mean_precision", _format(means["precision"][best])],
             key + ["mean_recall", _format(means["recall"][best])],
             key + ["num_images", str(num_images)]]
     for score in PER_CLASS_SCORES:
         rows += [key + [f"{score}/{name}", _format(scores[score][best, c])] for c, name in enumerate(names)]
     _write_csv(summary_path, SUMMARY_COLUMNS, rows)
-    return {"miou": float(mious[best]), "best_threshold": float(thresholds[best])}
+    return {"miou": float(mious[best]), "best_threshold": float("nan") if fixed else float(thresholds[best])}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -282,7 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crf-thresholds", nargs=3, type=float, metavar=("START", "STOP", "STEP"),
                         help="thresholds for the CRF sweep (default: those of --thresholds)")
     parser.add_argument("--workers", type=int, default=1, help="processes for the CRF (default: 1)")
-    parser.add_argument("--curve", required=True, type=Path, help="output CSV: one row per threshold")
+    parser.add_argument("--label-map", action="store_true",
+                        help="--map-name is a fixed label map (H, W) in mask numbering (e.g. a segmentation "
+                        "network's prediction): scored as it is, no threshold sweep")
+    parser.add_argument("--curve", type=Path, help="output CSV: one row per threshold (required without --label-map)")
     parser.add_argument("--per-class", required=True, type=Path, help="output CSV: per-class scores at the best threshold")
     parser.add_argument("--summary", required=True, type=Path, help="output CSV: rows for results/summary.csv")
     parser.add_argument("--dataset", help="dataset name (default: the manifest's)")
@@ -298,6 +349,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.workers < 1:
         raise SystemExit("--workers must be >= 1")
+    if args.label_map and args.crf:
+        raise SystemExit("--label-map scores fixed label maps: refine them before (no --crf)")
+    if args.curve is None and not args.label_map:
+        raise SystemExit("--curve is required without --label-map")
     manifest = read_manifest(args.manifest)
     spec = args.crf_thresholds if (args.crf and args.crf_thresholds) else args.thresholds
     thresholds = threshold_list(*spec)
@@ -310,6 +365,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     identity = {"dataset": args.dataset or manifest.dataset,
                 "stage": args.stage or ("seeds_crf" if args.crf else "seeds"),
                 "method": method, "classifier": args.classifier, "split": args.split or manifest.split}
+    if args.label_map:
+        log.info("evaluating the label maps %s/%s of %s: %d images", args.maps, args.map_name, args.manifest,
+                 len(manifest.records))
+        confusion = evaluate_label_maps(manifest, args.maps, args.map_name)
+        result = write_outputs(confusion, None, manifest.class_names, identity, args.curve, args.per_class,
+                               args.summary, len(manifest.records))
+        log.info("mIoU %.4f", result["miou"])
+        return 0
     log.info("evaluating %s/%s of %s: %d images, %d thresholds%s", args.maps, args.map_name,
              args.manifest, len(manifest.records), len(thresholds), " with CRF" if args.crf else "")
     confusions = evaluate_seeds(manifest, args.maps, args.map_name, thresholds, crf=args.crf,

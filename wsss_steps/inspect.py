@@ -35,7 +35,7 @@ def colorize_labels(labels: np.ndarray) -> np.ndarray:
     return voc_palette()[labels.astype(np.uint8)]
 
 
-def _titled(panel: np.ndarray, title: str) -> np.ndarray:
+def titled(panel: np.ndarray, title: str) -> np.ndarray:
     bar = np.full((PANEL_TITLE_HEIGHT, panel.shape[1], 3), 255, np.uint8)
     cv2.putText(bar, title[:40], (2, PANEL_TITLE_HEIGHT - 5), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1,
                 cv2.LINE_AA)
@@ -46,22 +46,22 @@ def render_maps(image: np.ndarray, maps: dict[str, np.ndarray], class_names: Seq
                 mask: np.ndarray | None = None, map_name: str | None = None) -> np.ndarray:
     """A row of titled panels: image, ground truth, and the chosen map's channels."""
     height, width = image.shape[:2]
-    panels = [_titled(image, "image")]
+    panels = [titled(image, "image")]
     if mask is not None:
-        panels.append(_titled(colorize_labels(mask), "ground truth"))
+        panels.append(titled(colorize_labels(mask), "ground truth"))
     names = [map_name] if map_name else [n for n in maps if n != "keys"]
     keys = maps.get("keys", np.arange(0))
     for name in names:
         array = np.asarray(maps[name])
         if array.ndim == 2 and array.dtype.kind in "iu":
-            panels.append(_titled(colorize_labels(cv2.resize(array.astype(np.uint8), (width, height),
+            panels.append(titled(colorize_labels(cv2.resize(array.astype(np.uint8), (width, height),
                                                              interpolation=cv2.INTER_NEAREST)), name))
             continue
         channels = array[None] if array.ndim == 2 else array
         for index, channel in enumerate(channels):
             channel = cv2.resize(channel.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
             label = class_names[int(keys[index])] if array.ndim == 3 and index < len(keys) else name
-            panels.append(_titled(heat_overlay(image, channel), f"{name}: {label}"))
+            panels.append(titled(heat_overlay(image, channel), f"{name}: {label}"))
     return np.concatenate(panels, axis=1)
 
 

@@ -47,6 +47,8 @@ from wsss_steps.networks.io import save_classifier
 from wsss_steps.preprocess import normalize_image, resolve_device
 from wsss_steps.training import (
     POLY_POWER,
+    add_checkpoint_arguments,
+    add_run_arguments,
     poly_lr_factor,
     resume_training,
     save_checkpoint,
@@ -105,13 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--metrics", type=Path, help="CSV with one row per epoch")
     io.add_argument("--summary", type=Path,
                     help="long-form CSV rows of the final val mAP and per-class AP (needs --val-manifest)")
-    io.add_argument("--checkpoint-dir", type=Path,
-                    help="folder for last.pt; a run resumes from it when its settings match")
-    io.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default: %(default)s)")
-    io.add_argument("--stop-after-epochs", type=int, metavar="N",
-                    help="stop after N epochs of this run (checkpointed, no model file); "
-                    "a rerun resumes; for time-limited jobs")
-    io.add_argument("--log", type=Path, help="also log to this file")
+    add_checkpoint_arguments(io)
     net = parser.add_argument_group("network")
     net.add_argument("--variant", choices=VARIANTS, default="cam", help="training variant (default: %(default)s)")
     net.add_argument("--backbone", choices=BACKBONES, default="small_resnet", help="(default: %(default)s)")
@@ -139,10 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="square crop size, zero-padded where the image is smaller (default: %(default)s)")
     train.add_argument("--seed", type=int, default=0,
                        help="seeds the init, epoch order and augmentation (default: %(default)s)")
-    run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    run.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes (default: %(default)s)")
+    run = add_run_arguments(parser)
     run.add_argument("--name", default="cam", help="classifier name for the summary rows (default: %(default)s)")
     run.add_argument("--dataset", default="", help="dataset name (default: from the manifest)")
     return parser

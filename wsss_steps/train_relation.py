@@ -59,6 +59,8 @@ from wsss_steps.networks.relation import (
 from wsss_steps.preprocess import resolve_device
 from wsss_steps.training import (
     POLY_POWER,
+    add_checkpoint_arguments,
+    add_run_arguments,
     poly_lr_factor,
     resume_training,
     save_checkpoint,
@@ -143,11 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--manifest", required=True, type=Path, help="training split manifest CSV")
     io.add_argument("--out", required=True, type=Path, help="the trained relation network (.pt)")
     io.add_argument("--metrics", type=Path, help="CSV with one row per epoch")
-    io.add_argument("--checkpoint-dir", type=Path, help="folder for last.pt; a run resumes from it when its settings match")
-    io.add_argument("--checkpoint-every", type=int, default=1, help="epochs between checkpoints (default: %(default)s)")
-    io.add_argument("--stop-after-epochs", type=int, metavar="N",
-                    help="stop after N epochs of this run (checkpointed, no model file); a rerun resumes")
-    io.add_argument("--log", type=Path, help="also log to this file")
+    add_checkpoint_arguments(io)
     net = parser.add_argument_group("network")
     net.add_argument("--stages", type=int, nargs="+", help="backbone stages read (default: all)")
     net.add_argument("--width", type=int, default=32, help="channels per stage branch (default: %(default)s)")
@@ -163,10 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--rescale", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.5, 1.5),
                        help="random image scale factor range (default: 0.5 1.5)")
     train.add_argument("--seed", type=int, default=0, help="seeds the init, epoch order and augmentation")
-    run = parser.add_argument_group("run")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    run.add_argument("--num-workers", type=int, default=0, help="data-loading worker processes (default: %(default)s)")
+    run = add_run_arguments(parser)
     run.add_argument("--dataset", default="", help="dataset name (default: from the manifest)")
     return parser
 

@@ -3,6 +3,7 @@ resumable checkpoints, poly learning-rate decay, frozen BatchNorm, seeded worker
 
 from __future__ import annotations
 
+import argparse
 import csv
 import hashlib
 import json
@@ -28,6 +29,29 @@ POLY_POWER = 0.9
 def settings_hash(settings: dict[str, Any]) -> str:
     """The hash a checkpoint stores: resume only from a run with exactly these settings."""
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def add_checkpoint_arguments(group: argparse._ArgumentGroup) -> None:
+    """The resume options every training step takes: --checkpoint-dir/-every, --stop-after-epochs, --log."""
+    group.add_argument("--checkpoint-dir", type=Path,
+                       help="folder for last.pt; a run resumes from it when its settings match")
+    group.add_argument("--checkpoint-every", type=int, default=1,
+                       help="epochs between checkpoints (default: %(default)s)")
+    group.add_argument("--stop-after-epochs", type=int, metavar="N",
+                       help="stop after N epochs of this run (checkpointed, no model file); "
+                       "a rerun resumes; for time-limited jobs")
+    group.add_argument("--log", type=Path, help="also log to this file")
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The 'run' group every training step takes (--device, --threads, --num-workers); returned so
+    a step can add its own."""
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    run.add_argument("--num-workers", type=int, default=0,
+                     help="data-loading worker processes (default: %(default)s)")
+    return run
 
 
 def seed_worker(worker_id: int) -> None:
@@ -106,3 +130,87 @@ def save_checkpoint(checkpoint_path: Path, expected_hash: str, settings: dict[st
         "epoch": epoch, "step": step, "model": model.state_dict(),
         "optimizer": optimizer.state_dict(), "history": history,
     }, checkpoint_path)
+
+
+def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, base_lrs: Sequence[float],
+                 dataset: Any, step_fn: Any, *, epochs: int, batch_size: int, seed: int,
+                 device: torch.device, checkpoint_path: Path | None, checkpoint_every: int,
+                 expected_hash: str, settings: dict[str, Any], metrics_path: Path | None,
+                 metric_columns: Sequence[str], stop_after_epochs: int | None = None,
+                 num_workers: int = 0, train_mode: Any = None, name: str = "training") -> bool:
+    """The resumable epoch loop: seeded order and augmentation per epoch, poly lr, checkpoints.
+
+    ``dataset`` has ``set_epoch(e)`` and yields batches that ``step_fn(batch)`` turns into
+    ``(loss, parts)`` (parts: floats averaged into the epoch's metric row). ``base_lrs`` are the
+    optimizer groups' learning rates before decay. ``train_mode(model)`` (default
+    ``model.train()``) puts the model in training mode each epoch. Resumes from a matching
+    ``checkpoint_path`` (see `resume_training`), writes it every ``checkpoint_every`` epochs and
+    after the last. Returns False when it stopped early (``stop_after_epochs``), True when done.
+    """
+    import math
+    import time
+
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    from wsss_steps.augment import epoch_permutation, epoch_torch_seed
+
+    start_epoch, step, history = resume_training(checkpoint_path, expected_hash, settings, model, optimizer,
+                                                 epochs)
+    num_items = len(dataset)
+    drop_last = num_items >= batch_size  # a last batch of 1 would break BatchNorm
+    steps_per_epoch = num_items // batch_size if drop_last else 1
+    total_steps = steps_per_epoch * epochs
+    epochs_this_run = 0
+    for epoch in range(start_epoch, epochs):
+        started = time.perf_counter()
+        torch.manual_seed(epoch_torch_seed(seed, epoch))
+        dataset.set_epoch(epoch)
+        order = epoch_permutation(seed, epoch, num_items).tolist()
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=order, drop_last=drop_last,
+                            num_workers=num_workers, worker_init_fn=seed_worker,
+                            generator=torch.Generator().manual_seed(epoch_torch_seed(seed, epoch)),
+                            pin_memory=device.type == "cuda")
+        if train_mode is None:
+            model.train()
+        else:
+            train_mode(model)
+        sums: dict[str, float] = {}
+        batches = 0
+        progress = tqdm(loader, total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{epochs}",
+                        unit="batch", leave=False, mininterval=1.0)
+        for batch in progress:
+            factor = poly_lr_factor(step, total_steps)
+            for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
+                group["lr"] = base_lr * factor
+            loss, parts = step_fn(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            batches += 1
+            for key, value in {"loss": loss.item(), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        progress.close()
+        if not math.isfinite(sums.get("loss", 0.0)):
+            raise RuntimeError(f"{name}: loss is not finite in epoch {epoch + 1}; lower the learning rate")
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": f"{optimizer.param_groups[0]['lr']:.6g}"}
+        row.update({k: f"{v / max(batches, 1):.6g}" for k, v in sums.items()})
+        row["seconds"] = f"{time.perf_counter() - started:.2f}"
+        history.append(row)
+        log.info("%s epoch %d/%d: %s", name, epoch + 1, epochs,
+                 ", ".join(f"{k} {row[k]}" for k in metric_columns if k in row and k != "epoch"))
+        if metrics_path is not None:
+            write_csv(metrics_path, metric_columns, history)
+        epochs_this_run += 1
+        stopping = stop_after_epochs is not None and epochs_this_run >= stop_after_epochs and epoch + 1 < epochs
+        if checkpoint_path is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or stopping):
+            save_checkpoint(checkpoint_path, expected_hash, settings, epoch + 1, step, model, optimizer, history)
+        if stopping:
+            log.info("%s: stopping after epoch %d of %d as asked; rerun to resume from %s", name, epoch + 1,
+                     epochs, checkpoint_path)
+            return False
+    if metrics_path is not None:
+        write_csv(metrics_path, metric_columns, history)
+    return True

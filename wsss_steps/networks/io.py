@@ -69,14 +69,21 @@ def read_classifier_meta(path: str | Path) -> dict[str, Any]:
     return _read(Path(path))["meta"]
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_model_file(path: str | Path, fmt: str, what: str) -> dict[str, Any]:
+    """The dict of a model file of format ``fmt`` (``torch.load(..., weights_only=True)``);
+    ``what`` names the kind of file in errors (e.g. "classifier")."""
+    path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"classifier file not found: {path}")
+        raise FileNotFoundError(f"{what} file not found: {path}")
     content = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(content, dict) or content.get("format") != FORMAT:
+    if not isinstance(content, dict) or content.get("format") != fmt:
         found = content.get("format") if isinstance(content, dict) else type(content).__name__
-        raise ValueError(f"{path} is not a classifier file of format {FORMAT} (found {found!r})")
+        raise ValueError(f"{path} is not a {what} file of format {fmt} (found {found!r})")
     return content
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return read_model_file(path, FORMAT, "classifier")
 
 
 def load_classifier(path: str | Path, device: torch.device | str = "cpu") -> tuple[CamClassifier, dict[str, Any]]:

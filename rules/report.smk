@@ -1,0 +1,116 @@
+# Figures and tables of the HTML report: `snakemake --report results/report.html` (make run does it).
+# Every file here is marked with report(...) and gets a caption from report/*.rst.
+
+
+rule report_table:
+    input:
+        "results/summary.csv",
+    output:
+        report(
+            "results/{dataset}/report/stages.html",
+            caption="../report/stages.rst",
+            category="1. Stage-by-stage mIoU",
+        ),
+    log:
+        "logs/{dataset}/report_table.log",
+    benchmark:
+        "results/{dataset}/benchmarks/report_table.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/wsss.yaml"
+    shell:
+        "python -m wsss_steps.report_figures table --summary {input} --out {output} 2> {log}"
+
+
+rule report_sweep:
+    input:
+        unpack(sweep_curves),
+    output:
+        report(
+            "results/{dataset}/report/{classifier}/{masks}/sweep.png",
+            caption="../report/sweep.rst",
+            category="2. Experiments",
+            subcategory="{classifier} / {masks}",
+            labels={"experiment": "{classifier} / {masks}", "figure": "threshold sweep"},
+        ),
+    params:
+        curves=lambda w, input: pairs(dict(input.items())),
+    log:
+        "logs/{dataset}/report_sweep_{classifier}_{masks}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/report_sweep_{classifier}_{masks}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/wsss.yaml"
+    shell:
+        "python -m wsss_steps.report_figures sweep --curve {params.curves} "
+        "--title 'mIoU against the background threshold: {wildcards.classifier} / {wildcards.masks}' "
+        "--out {output} 2> {log}"
+
+
+rule report_per_class:
+    input:
+        unpack(per_class_tables),
+    output:
+        report(
+            "results/{dataset}/report/{classifier}/{masks}/per_class.png",
+            caption="../report/per_class.rst",
+            category="2. Experiments",
+            subcategory="{classifier} / {masks}",
+            labels={"experiment": "{classifier} / {masks}", "figure": "per-class IoU"},
+        ),
+    params:
+        tables=lambda w, input: pairs(dict(input.items())),
+    log:
+        "logs/{dataset}/report_per_class_{classifier}_{masks}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/report_per_class_{classifier}_{masks}.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/wsss.yaml"
+    shell:
+        "python -m wsss_steps.report_figures per-class --per-class {params.tables} "
+        "--title 'Per-class IoU: {wildcards.classifier} / {wildcards.masks}' --out {output} 2> {log}"
+
+
+rule report_gallery:
+    input:
+        unpack(gallery_inputs),
+    output:
+        report(
+            "results/{dataset}/report/{classifier}/{masks}/gallery.png",
+            caption="../report/gallery.rst",
+            category="2. Experiments",
+            subcategory="{classifier} / {masks}",
+            labels={"experiment": "{classifier} / {masks}", "figure": "gallery"},
+        ),
+    params:
+        gallery_images=config["report"]["gallery_images"],
+        stages=lambda w, input: " ".join(
+            f"--{name.replace('_', '-')} {path}" for name, path in input.items() if name not in ("model", "manifest")
+        ),
+        options=cli_options(
+            {"scales": SEGMENTATION["test_scales"], "flip": SEGMENTATION["flip"], "crf": SEGMENTATION["crf"]}
+        ),
+    log:
+        "logs/{dataset}/report_gallery_{classifier}_{masks}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/report_gallery_{classifier}_{masks}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../envs/wsss.yaml"
+    shell:
+        "python -m wsss_steps.report_figures gallery --manifest {input.manifest} --model {input.model} "
+        "{params.stages} --count {params.gallery_images} {params.options} --threads {threads} --out {output} 2> {log}"
