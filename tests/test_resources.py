@@ -10,7 +10,7 @@ import pytest
 
 from .workflow_helpers import ROOT, snakemake, tiny_config, write_config
 
-GPU_RULES = {"train_classifier", "train_relation"}  # and AdvCAM's seed shards
+GPU_RULES = {"train_classifier", "train_relation", "train_segmentation"}  # and AdvCAM's seed shards
 
 
 def planned(workdir: Path, gpu_available: bool, shards: int) -> list[dict]:
