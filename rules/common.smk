@@ -17,6 +17,21 @@ with open(SCHEMA_PATH) as _schema_file:
     check_config(config, yaml.safe_load(_schema_file))
 validate(config, SCHEMA_PATH)
 
+
+def _sorted_mapping(value):
+    if isinstance(value, dict):
+        return {key: _sorted_mapping(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted_mapping(item) for item in value]
+    return value
+
+
+# Rule params (and the options built from them) follow the config's key order; sorting it here
+# makes reordering keys in config.yaml a no-op instead of a rerun of every stage.
+_canonical_config = _sorted_mapping(config)
+config.clear()
+config.update(_canonical_config)
+
 DATASET = config["dataset"]["name"]
 TRAIN_SPLIT = config["dataset"]["train_split"]
 VAL_SPLIT = config["dataset"]["val_split"]

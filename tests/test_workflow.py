@@ -71,6 +71,19 @@ def test_nothing_to_do_after_a_complete_run(finished_run: Path) -> None:
     assert planned_jobs(finished_run) == {}
 
 
+def test_reordered_config_keys_rerun_nothing(finished_run: Path) -> None:
+    def reversed_keys(value: object) -> object:
+        if isinstance(value, dict):
+            return {key: reversed_keys(value[key]) for key in reversed(list(value))}
+        return value
+
+    (finished_run / "config.yaml").write_text(yaml.safe_dump(reversed_keys(TINY), sort_keys=False))
+    try:
+        assert planned_jobs(finished_run) == {}
+    finally:
+        write_config(finished_run, TINY)
+
+
 def test_evaluation_setting_reruns_only_evaluation(finished_run: Path) -> None:
     config = yaml.safe_load(yaml.safe_dump(TINY))
     config["evaluation"]["seeds"]["thresholds"] = [0.1, 0.6, 0.1]
