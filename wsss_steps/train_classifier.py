@@ -49,9 +49,9 @@ from wsss_steps.training import (
     POLY_POWER,
     add_checkpoint_arguments,
     add_run_arguments,
+    close_epoch,
     poly_lr_factor,
     resume_training,
-    save_checkpoint,
     seed_worker,
     set_bn_frozen,
     settings_hash,
@@ -314,18 +314,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.info("epoch %d/%d: train loss %s, val loss %s, val mAP %s, lr %s, %s s", epoch + 1,
                  args.epochs, row["train_loss"], row.get("val_loss", "-") or "-",
                  row.get("val_map", "-") or "-", row["lr"], row["seconds"])
-        if args.metrics:
-            write_csv(args.metrics, METRIC_COLUMNS, history)
         epochs_this_run += 1
-        stopping = (args.stop_after_epochs is not None and epochs_this_run >= args.stop_after_epochs
-                    and epoch + 1 < args.epochs)
-        if checkpoint_path is not None and ((epoch + 1) % args.checkpoint_every == 0
-                                            or epoch + 1 == args.epochs or stopping):
-            save_checkpoint(checkpoint_path, expected_hash, settings, epoch + 1, step, model, optimizer,
-                            history)
-        if stopping:
-            log.info("stopping after epoch %d of %d as asked (--stop-after-epochs); rerun to resume "
-                     "from %s", epoch + 1, args.epochs, checkpoint_path)
+        if close_epoch(name="train_classifier", epoch=epoch, epochs=args.epochs, epochs_this_run=epochs_this_run,
+                       step=step, stop_after_epochs=args.stop_after_epochs, checkpoint_path=checkpoint_path,
+                       checkpoint_every=args.checkpoint_every, expected_hash=expected_hash, settings=settings,
+                       model=model, optimizer=optimizer, history=history,
+                       metrics_path=Path(args.metrics) if args.metrics else None, metric_columns=METRIC_COLUMNS):
             return 0
 
     model.eval()

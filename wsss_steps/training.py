@@ -132,6 +132,25 @@ def save_checkpoint(checkpoint_path: Path, expected_hash: str, settings: dict[st
     }, checkpoint_path)
 
 
+def close_epoch(*, name: str, epoch: int, epochs: int, epochs_this_run: int, step: int,
+                stop_after_epochs: int | None, checkpoint_path: Path | None, checkpoint_every: int,
+                expected_hash: str, settings: dict[str, Any], model: nn.Module,
+                optimizer: torch.optim.Optimizer, history: list[dict[str, Any]], metrics_path: Path | None,
+                metric_columns: Sequence[str]) -> bool:
+    """After epoch ``epoch`` (0-based) is in ``history``: writes the metrics CSV, the checkpoint when
+    due (every ``checkpoint_every`` epochs, after the last, before an early stop), and returns whether
+    to stop now (``stop_after_epochs`` epochs done in this run, ``epochs_this_run`` counting this one)."""
+    if metrics_path is not None:
+        write_csv(metrics_path, metric_columns, history)
+    stopping = stop_after_epochs is not None and epochs_this_run >= stop_after_epochs and epoch + 1 < epochs
+    if checkpoint_path is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or stopping):
+        save_checkpoint(checkpoint_path, expected_hash, settings, epoch + 1, step, model, optimizer, history)
+    if stopping:
+        log.info("%s: stopping after epoch %d of %d as asked (--stop-after-epochs); rerun to resume from %s",
+                 name, epoch + 1, epochs, checkpoint_path)
+    return stopping
+
+
 def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, base_lrs: Sequence[float],
                  dataset: Any, step_fn: Any, *, epochs: int, batch_size: int, seed: int,
                  device: torch.device, checkpoint_path: Path | None, checkpoint_every: int,
@@ -201,15 +220,12 @@ def train_epochs(model: nn.Module, optimizer: torch.optim.Optimizer, base_lrs: S
         history.append(row)
         log.info("%s epoch %d/%d: %s", name, epoch + 1, epochs,
                  ", ".join(f"{k} {row[k]}" for k in metric_columns if k in row and k != "epoch"))
-        if metrics_path is not None:
-            write_csv(metrics_path, metric_columns, history)
         epochs_this_run += 1
-        stopping = stop_after_epochs is not None and epochs_this_run >= stop_after_epochs and epoch + 1 < epochs
-        if checkpoint_path is not None and ((epoch + 1) % checkpoint_every == 0 or epoch + 1 == epochs or stopping):
-            save_checkpoint(checkpoint_path, expected_hash, settings, epoch + 1, step, model, optimizer, history)
-        if stopping:
-            log.info("%s: stopping after epoch %d of %d as asked; rerun to resume from %s", name, epoch + 1,
-                     epochs, checkpoint_path)
+        if close_epoch(name=name, epoch=epoch, epochs=epochs, epochs_this_run=epochs_this_run, step=step,
+                       stop_after_epochs=stop_after_epochs, checkpoint_path=checkpoint_path,
+                       checkpoint_every=checkpoint_every, expected_hash=expected_hash, settings=settings,
+                       model=model, optimizer=optimizer, history=history, metrics_path=metrics_path,
+                       metric_columns=metric_columns):
             return False
     if metrics_path is not None:
         write_csv(metrics_path, metric_columns, history)
