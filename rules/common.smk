@@ -10,12 +10,14 @@ sys.path.insert(0, workflow.basedir)
 # Jobs (local, in a conda env, or on cluster nodes) import the steps from this checkout.
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}:$PYTHONPATH; ")
 
-from wsss_steps.config_check import check_config  # noqa: E402
+from wsss_steps.config_check import ConfigError, check_config, missing_weight_files  # noqa: E402
 
 SCHEMA_PATH = os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
 with open(SCHEMA_PATH) as _schema_file:
     check_config(config, yaml.safe_load(_schema_file))
 validate(config, SCHEMA_PATH)
+if missing_weight_files(config):
+    raise ConfigError("invalid configuration:\n  " + "\n  ".join(missing_weight_files(config)))
 
 
 def _sorted_mapping(value):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wsss_steps.config_check import ConfigError, check_config
+from wsss_steps.config_check import ConfigError, check_config, missing_weight_files
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
@@ -47,3 +47,18 @@ def test_full_is_a_reserved_seeds_name() -> None:
     config["experiments"].append({"classifier": "cam", "seeds": "full", "segmentation": False})
     with pytest.raises(ConfigError, match="needs segmentation: true"):
         check_config(config, SCHEMA)
+
+
+def test_missing_weight_files_are_named_only_where_read(tmp_path: Path) -> None:
+    present = tmp_path / "resnet50.pth"
+    present.write_bytes(b"")
+    config = {"classifiers": {"a": {"backbone": "resnet50", "pretrained": True, "backbone_weights": str(present)},
+                              "b": {"backbone": "resnet50", "pretrained": False, "backbone_weights": "gone.pth"},
+                              "c": {"backbone": "resnet101", "pretrained": True, "backbone_weights": "r101.pth"}},
+              "relation": {"backbone": "classifier", "backbone_weights": "unused.pth"},
+              "segmentation": {"backbone": "resnet101", "pretrained": True, "backbone_weights": None}}
+    assert missing_weight_files(config) == [
+        "classifiers.c.backbone_weights: file not found: r101.pth (backbone resnet101)"]
+    config["relation"]["backbone"] = "resnet50"
+    assert missing_weight_files(config)[-1] == "relation.backbone_weights: file not found: unused.pth (backbone resnet50)"
+    assert missing_weight_files(CONFIG) == []

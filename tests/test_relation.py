@@ -202,7 +202,7 @@ def _train_args(inputs: dict[str, Path], out_dir: Path, *extra: str) -> list[str
             "--manifest", str(inputs["manifest"]), "--out", str(out_dir / "relation.pt"),
             "--metrics", str(out_dir / "metrics.csv"), "--checkpoint-dir", str(out_dir / "ckpt"),
             "--epochs", "3", "--batch-size", "2", "--crop", "32", "--radius", "5", "--lr", "0.1",
-            "--seed", "1", "--threads", "1", "--device", "cpu", *extra]
+            "--seed", "1", "--threads", "1", "--device", "cpu", "--backbone", "classifier", *extra]
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
@@ -236,3 +236,25 @@ def test_training_learns_resumes_to_identical_weights_and_is_deterministic(
     other = _train_args(training_inputs, resumed, "--lr", "0.05")
     assert train_relation.main(other) == 0
     assert not torch.equal(_weights(resumed / "relation.pt")["head.weight"], a["head.weight"])
+
+
+def test_imagenet_backbone_stays_frozen_and_the_file_stands_alone(
+        training_inputs: dict[str, Path], tmp_path: Path) -> None:
+    """IRN's design: the boundary branch reads frozen ImageNet features, not the classifier's."""
+    args = _train_args(training_inputs, tmp_path, "--backbone", "efficientnet_lite0", "--epochs", "1")
+    assert train_relation.main(args) == 0
+    saved = _weights(tmp_path / "relation.pt")
+    imagenet = build_backbone("efficientnet_lite0", None, 16, pretrained=True).state_dict()
+    for key, value in imagenet.items():
+        assert torch.equal(saved[f"backbone.{key}"], value), key
+    model, meta = load_relation(tmp_path / "relation.pt")
+    assert (meta["backbone"], meta["output_stride"]) == ("efficientnet_lite0", 16)
+    assert meta["training"]["backbone"].startswith("efficientnet_lite0/os16/")
+    image = torch.randn(1, 3, 40, 52)
+    assert model(image).shape == (1, 1, 10, 13)
+    # No classifier needed for an ImageNet backbone; the classifier's own one needs it.
+    no_classifier = args[2:] + ["--out", str(tmp_path / "again.pt"), "--checkpoint-dir", str(tmp_path / "c2")]
+    assert train_relation.main(no_classifier) == 0
+    assert torch.equal(_weights(tmp_path / "again.pt")["head.weight"], saved["head.weight"])
+    with pytest.raises(SystemExit, match="--backbone classifier needs --classifier"):
+        train_relation.main([*args[2:], "--backbone", "classifier"])

@@ -137,3 +137,15 @@ def test_unknown_config_key_fails_before_any_job(tmp_path: Path) -> None:
     assert "unknown config key 'evaluation.seeds.treshold'" in result.stderr + result.stdout
     assert "allowed keys here: crf, crf_thresholds, crf_workers, thresholds" in result.stderr + result.stdout
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+
+
+def test_missing_weights_file_fails_before_any_job(tmp_path: Path) -> None:
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config["relation"].update(backbone="resnet50", backbone_weights="weights/resnet50-imagenet.pth")
+    write_config(tmp_path, config)
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "1"], capture_output=True,
+                            text=True, timeout=300, env=ENV)
+    assert result.returncode != 0
+    assert ("relation.backbone_weights: file not found: weights/resnet50-imagenet.pth (backbone resnet50)"
+            in result.stderr + result.stdout)
+    assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()

@@ -25,7 +25,7 @@ TINY: dict[str, Any] = {
     "experiments": [{"classifier": "cam", "seeds": "cam"}, {"classifier": "cam", "seeds": "full"}],
     "evaluation": {"seeds": {"thresholds": [0.1, 0.5, 0.1], "crf": True, "crf_thresholds": [0.2, 0.4, 0.2],
                              "crf_workers": 1}},
-    "relation": {"epochs": 1, "batch_size": 8, "crop": 64},
+    "relation": {"backbone": "efficientnet_lite0", "epochs": 1, "batch_size": 8, "crop": 64},
     "segmentation": {"head": "deeplabv3plus", "backbone": "small_resnet", "pretrained": False,
                      "init_from_classifier": True, "aspp_rates": [1, 2], "width": 16, "epochs": 1,
                      "batch_size": 8, "lr": 0.01, "resize_long": [48, 80], "crop": 64, "cache_images": True,

@@ -1,13 +1,16 @@
 """Config checks that JSON-schema messages make hard to read, run by the Snakefile before any job.
 
 `unknown_keys` names each unknown or mistyped key with its path, the allowed keys, and the
-closest match; `check_references` checks that experiments name configured classifiers and seeds.
+closest match; `check_references` checks that experiments name configured classifiers and seeds;
+`missing_weight_files` (on the validated config, defaults filled in) names every configured
+ImageNet weights file that does not exist, before a job starts rather than when its rule runs.
 """
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -80,3 +83,22 @@ def check_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
     problems = unknown_keys(config, schema) + check_references(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def missing_weight_files(config: Mapping[str, Any]) -> list[str]:
+    """Messages for each ``backbone_weights`` file that will be read but does not exist."""
+    used = [(f"classifiers.{name}", settings) for name, settings in config.get("classifiers", {}).items()
+            if settings.get("pretrained")]
+    relation = config.get("relation", {})
+    if relation.get("backbone") != "classifier":
+        used.append(("relation", relation))
+    segmentation = config.get("segmentation", {})
+    if segmentation.get("pretrained"):
+        used.append(("segmentation", segmentation))
+    problems = []
+    for where, settings in used:
+        weights = settings.get("backbone_weights")
+        if weights and not Path(weights).is_file():
+            problems.append(f"{where}.backbone_weights: file not found: {weights} "
+                            f"(backbone {settings.get('backbone')})")
+    return problems

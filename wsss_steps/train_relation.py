@@ -1,8 +1,15 @@
 """Trains IRN's inter-pixel relation (boundary) branch from affinity labels (METHODS §5).
 
-The backbone is the trained classifier's, frozen (eval mode, no gradient); only the boundary
-branch learns (`wsss_steps.networks.relation.RelationNet`). Each sample: the image and its
-``affinity_label`` map are randomly rescaled by a factor in ``--rescale`` (0.5–1.5), flipped and
+The backbone is frozen (eval mode, no gradient); only the boundary branch learns
+(`wsss_steps.networks.relation.RelationNet`). As in IRN (``net/resnet50_irn.py``: an
+ImageNet-pretrained ResNet-50 with strides 2, 2, 2, 1, never the CAM network), ``--backbone`` names
+an ImageNet backbone, by default at output stride 16, whose pretrained weights come from
+``--backbone-weights`` or the local cache (never a download). ``--backbone classifier`` reads the
+trained classifier's backbone instead (the project's earlier design); on the default dataset the
+random-init classifier's features, learnt for image labels, mark object boundaries poorly and the
+walk spreads seeds over the background (README, "Pseudo masks", has the measurement).
+
+Each sample: the image and its ``affinity_label`` map are randomly rescaled by a factor in ``--rescale`` (0.5–1.5), flipped and
 cropped to ``--crop`` (label padding 255), the label is taken at stride 4 (every 4th pixel: the
 centre of the network's stride-4 cell; IRN's nearest-neighbour ×0.25 resize), and the pairs within
 ``--radius`` 10 are positive when their labels agree (background and foreground counted apart),
@@ -16,13 +23,13 @@ momentum 1e-4, i.e. none: ``--momentum`` defaults to 0. Recipe defaults are IRN'
 
 Determinism, checkpoints and resume are as in `wsss_steps.train_classifier`: augmentation from
 (seed, epoch, index), ``last.pt`` in ``--checkpoint-dir`` every ``--checkpoint-every`` epochs,
-continued only when written with the same settings (classifier and affinity labels included,
-by content digest), ``--stop-after-epochs`` for time-limited jobs.
+continued only when written with the same settings (backbone weights and affinity labels
+included, by content digest), ``--stop-after-epochs`` for time-limited jobs.
 
 Example::
 
-    python -m wsss_steps.train_relation --classifier results/synth/classifier/cam/model.pt \\
-        --labels results/synth/affinity_labels/cam/cam/maps.h5 \\
+    python -m wsss_steps.train_relation --backbone efficientnet_lite0 \\
+        --classifier results/synth/classifier/cam/model.pt --labels results/synth/affinity_labels/cam/cam/maps.h5 \\
         --manifest results/synth/data/train.csv --out relation.pt --epochs 3 --batch-size 16 --crop 128
 """
 
@@ -48,6 +55,7 @@ from wsss_steps.datasets import Manifest, read_manifest
 from wsss_steps.image_io import read_image
 from wsss_steps.logs import setup_logging
 from wsss_steps.map_store import MapReader
+from wsss_steps.networks.backbones import BACKBONES, OUTPUT_STRIDES, Backbone, build_backbone
 from wsss_steps.networks.io import load_classifier
 from wsss_steps.networks.relation import (
     RelationNet,
@@ -140,13 +148,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m wsss_steps.train_relation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     io = parser.add_argument_group("files")
-    io.add_argument("--classifier", required=True, type=Path, help="trained classifier (its backbone is used, frozen)")
+    io.add_argument("--classifier", type=Path,
+                    help="trained classifier: checks the class names; with --backbone classifier its "
+                         "backbone is the one used")
     io.add_argument("--labels", required=True, type=Path, help="merged affinity label file (affinity_labels)")
     io.add_argument("--manifest", required=True, type=Path, help="training split manifest CSV")
     io.add_argument("--out", required=True, type=Path, help="the trained relation network (.pt)")
     io.add_argument("--metrics", type=Path, help="CSV with one row per epoch")
     add_checkpoint_arguments(io)
     net = parser.add_argument_group("network")
+    net.add_argument("--backbone", choices=("classifier", *[b for b in BACKBONES if b != "small_resnet"]),
+                     default="resnet50",
+                     help="frozen ImageNet backbone (IRN: resnet50), or the classifier's (default: %(default)s)")
+    net.add_argument("--backbone-weights", type=Path,
+                     help="local ImageNet weights file (default: the torchvision cache; efficientnet_lite0: "
+                          "the file its package ships)")
+    net.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, default=16,
+                     help="output stride of an ImageNet backbone (IRN: 16; default: %(default)s)")
     net.add_argument("--stages", type=int, nargs="+", help="backbone stages read (default: all)")
     net.add_argument("--width", type=int, default=32, help="channels per stage branch (default: %(default)s)")
     net.add_argument("--groups", type=int, default=4, help="GroupNorm groups (default: %(default)s)")
@@ -177,14 +195,36 @@ def _check_args(args: argparse.Namespace) -> None:
         problems.append(f"--rescale needs 0 < MIN <= MAX, not {args.rescale}")
     if args.stop_after_epochs is not None and (args.stop_after_epochs < 1 or args.checkpoint_dir is None):
         problems.append("--stop-after-epochs needs a value ≥ 1 and --checkpoint-dir")
+    if args.backbone == "classifier" and args.classifier is None:
+        problems.append("--backbone classifier needs --classifier")
     if problems:
         raise SystemExit("train_relation: " + "; ".join(problems))
 
 
-def training_settings(args: argparse.Namespace, manifest: Manifest, stages: Sequence[int]) -> dict[str, Any]:
+def relation_backbone(args: argparse.Namespace, manifest: Manifest) -> tuple[Backbone, str]:
+    """The frozen backbone and a digest of its weights' source (the classifier file or ImageNet)."""
+    if args.classifier is not None:
+        classifier, classifier_meta = load_classifier(args.classifier, "cpu")
+        if tuple(classifier_meta.get("class_names", manifest.class_names)) != manifest.class_names:
+            raise SystemExit(f"train_relation: classifier {args.classifier} was trained on classes "
+                             f"{classifier_meta['class_names']}, manifest {args.manifest} has "
+                             f"{list(manifest.class_names)}")
+        if args.backbone == "classifier":
+            return classifier.backbone, file_digest(args.classifier)
+    backbone = build_backbone(args.backbone, args.backbone_weights, args.output_stride, pretrained=True)
+    state = backbone.state_dict()
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    return backbone, f"{args.backbone}/os{args.output_stride}/{digest.hexdigest()}"
+
+
+def training_settings(args: argparse.Namespace, manifest: Manifest, stages: Sequence[int],
+                      backbone_source: str) -> dict[str, Any]:
     """Everything that shapes the trained weights (not output paths, device or threads)."""
     return {
-        "kind": "relation", "classifier": file_digest(args.classifier),
+        "kind": "relation", "backbone": backbone_source,
         "labels": labels_digest(args.labels, manifest), "stages": list(stages), "width": args.width,
         "groups": args.groups, "radius": args.radius, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "weight_decay": args.weight_decay, "momentum": args.momentum,
@@ -202,16 +242,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     manifest = read_manifest(args.manifest, args.dataset)
-    classifier, classifier_meta = load_classifier(args.classifier, "cpu")
-    if tuple(classifier_meta.get("class_names", manifest.class_names)) != manifest.class_names:
-        raise SystemExit(f"train_relation: classifier {args.classifier} was trained on classes "
-                         f"{classifier_meta['class_names']}, manifest {args.manifest} has {list(manifest.class_names)}")
-    stages = args.stages if args.stages is not None else list(range(len(classifier.backbone.stage_channels)))
-    settings = training_settings(args, manifest, stages)
+    backbone, backbone_source = relation_backbone(args, manifest)
+    stages = args.stages if args.stages is not None else list(range(len(backbone.stage_channels)))
+    settings = training_settings(args, manifest, stages, backbone_source)
     expected_hash = settings_hash(settings)
 
     torch.manual_seed(args.seed)
-    model = RelationNet(classifier.backbone, stages, args.width, args.groups).to(device)
+    model = RelationNet(backbone, stages, args.width, args.groups).to(device)
     optimizer = torch.optim.SGD(model.trainable_parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     index = path_index(args.radius)
@@ -225,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start_epoch, step, history = resume_training(checkpoint_path, expected_hash, settings, model, optimizer,
                                                  args.epochs)
     log.info("training the relation branch on %s stages %s of %d images, radius %d, %d epochs of %d "
-             "steps, device %s", classifier.backbone.name, stages, num_images, args.radius, args.epochs,
+             "steps, device %s", backbone.name, stages, num_images, args.radius, args.epochs,
              steps_per_epoch, device)
 
     epochs_this_run = 0
