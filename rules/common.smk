@@ -84,6 +84,17 @@ def dataset_root_input(wildcards):
     return [config["dataset"]["root"]] if config["dataset"]["kind"] == "generated" else []
 
 
+def seeds_stage_settings(section, wildcards):
+    """A config section as it applies to one seeds entry: `<section>.per_seeds.<seeds>` over the rest.
+
+    Rule params hold exactly this, so an override reruns that entry's stages only, and an override
+    equal to the shared value reruns nothing.
+    """
+    settings = {key: value for key, value in config[section].items() if key != "per_seeds"}
+    settings.update(config[section]["per_seeds"].get(wildcards.seeds, {}))
+    return dict(sorted(settings.items()))
+
+
 def classifier_settings(wildcards):
     return config["classifiers"][wildcards.classifier]
 

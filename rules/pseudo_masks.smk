@@ -10,8 +10,8 @@ rule affinity_labels_shard:
     output:
         "results/{dataset}/affinity_labels/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
     params:
-        settings=config["affinity"],
-        options=cli_options(config["affinity"]),
+        settings=lambda w: seeds_stage_settings("affinity", w),
+        options=lambda w: cli_options(seeds_stage_settings("affinity", w)),
     log:
         "logs/{dataset}/affinity_labels_{classifier}_{seeds}_shard-{shard}-of-{n}.log",
     benchmark:
@@ -94,8 +94,8 @@ rule random_walk_shard:
     output:
         "results/{dataset}/random_walk/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
     params:
-        settings=config["random_walk"],
-        options=cli_options(config["random_walk"]),
+        settings=lambda w: seeds_stage_settings("random_walk", w),
+        options=lambda w: cli_options(seeds_stage_settings("random_walk", w)),
         device=config["device"],
     log:
         "logs/{dataset}/random_walk_{classifier}_{seeds}_shard-{shard}-of-{n}.log",
@@ -206,7 +206,7 @@ rule evaluate_pseudo_masks_crf:
         per_class="results/{dataset}/eval/pseudo_masks_crf/{classifier}/{seeds}/per_class.csv",
         rows="results/{dataset}/eval/pseudo_masks_crf/{classifier}/{seeds}/summary_rows.csv",
     params:
-        threshold=config["random_walk"]["sem_seg_bg_thres"],
+        threshold=lambda w: seeds_stage_settings("random_walk", w)["sem_seg_bg_thres"],
         split=SEED_SPLIT,
     log:
         "logs/{dataset}/evaluate_pseudo_masks_crf_{classifier}_{seeds}.log",

@@ -62,3 +62,14 @@ def test_missing_weight_files_are_named_only_where_read(tmp_path: Path) -> None:
     config["relation"]["backbone"] = "resnet50"
     assert missing_weight_files(config)[-1] == "relation.backbone_weights: file not found: unused.pth (backbone resnet50)"
     assert missing_weight_files(CONFIG) == []
+
+
+def test_per_seeds_settings_must_name_configured_seeds() -> None:
+    config = copy.deepcopy(CONFIG)
+    config["random_walk"]["per_seeds"] = {"advcm": {"seed_power": 1.5}}
+    with pytest.raises(ConfigError, match=r"random_walk.per_seeds.advcm: 'advcm' is not a key of 'seeds'"):
+        check_config(config, SCHEMA)
+    config["random_walk"]["per_seeds"] = {"advcam": {"seed_powr": 1.5}}
+    with pytest.raises(ConfigError, match=r"unknown config key 'random_walk.per_seeds.advcam.seed_powr' "
+                                           r"\(did you mean 'seed_power'\?\)"):
+        check_config(config, SCHEMA)

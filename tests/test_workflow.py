@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from .workflow_helpers import ENV, SNAKEMAKE, TINY, snakemake, write_config
+from .workflow_helpers import ENV, ROOT, SNAKEMAKE, TINY, snakemake, write_config
 
 
 def planned_jobs(workdir: Path) -> dict[str, int]:
@@ -149,3 +149,20 @@ def test_missing_weights_file_fails_before_any_job(tmp_path: Path) -> None:
     assert ("relation.backbone_weights: file not found: weights/resnet50-imagenet.pth (backbone resnet50)"
             in result.stderr + result.stdout)
     assert not (tmp_path / "data").exists() and not (tmp_path / "results").exists()
+
+
+def test_per_seeds_settings_rerun_only_that_entry_from_its_stage(finished_run: Path) -> None:
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    shared = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+    default_power = shared["properties"]["random_walk"]["properties"]["seed_power"]["default"]
+    config["random_walk"] = {"per_seeds": {"cam": {"seed_power": default_power}}}
+    write_config(finished_run, config)
+    try:
+        assert planned_jobs(finished_run) == {}  # the same effective settings: nothing to redo
+        config["random_walk"]["per_seeds"]["cam"]["seed_power"] = 1.5
+        write_config(finished_run, config)
+        jobs = planned_jobs(finished_run)
+    finally:
+        write_config(finished_run, TINY)
+    assert "train_relation" not in jobs and "affinity_labels_shard" not in jobs
+    assert jobs["random_walk_shard"] == 2 and jobs["pseudo_masks"] == 1 and jobs["train_segmentation"] == 1

@@ -60,11 +60,17 @@ FULL_SUPERVISION = "full"  # experiments' reserved seeds name: the segmentation 
 
 
 def check_references(config: Mapping[str, Any]) -> list[str]:
-    """Experiments must name a configured classifier and seed method (or ``full``)."""
+    """Experiments must name a configured classifier and seed method (or ``full``); per-seeds
+    settings must name configured seeds."""
     problems = []
     if FULL_SUPERVISION in config.get("seeds", {}):
         problems.append(f"seeds.{FULL_SUPERVISION}: the name {FULL_SUPERVISION!r} is reserved for the "
                         "fully supervised experiment (ground-truth masks); rename it")
+    for section in ("affinity", "random_walk"):
+        for name in (config.get(section) or {}).get("per_seeds") or {}:
+            if name not in config.get("seeds", {}):
+                problems.append(f"{section}.per_seeds.{name}: {name!r} is not a key of 'seeds' "
+                                f"(configured: {', '.join(config.get('seeds', {}))})")
     for index, experiment in enumerate(config.get("experiments", [])):
         if experiment.get("seeds") == FULL_SUPERVISION and experiment.get("segmentation") is False:
             problems.append(f"experiments[{index}]: seeds {FULL_SUPERVISION!r} needs segmentation: true")
