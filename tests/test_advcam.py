@@ -295,10 +295,12 @@ def _write_dataset(tmp_path, count: int = 4) -> Manifest:
     return Manifest("toy", "train", tuple(f"class{i}" for i in range(NUM_CLASSES)), records)
 
 
-def test_partial_shard_resumes(tmp_path) -> None:
+def test_partial_shard_resumes(tmp_path, monkeypatch) -> None:
     manifest = _write_dataset(tmp_path)
     model = tiny_model()
-    config = AdvCamConfig(steps=3, scales=(1.0, 0.5))
+    # Budget 8 = 4 climbs with their flips: groups img0-img2 (1 + 2 + 1 classes) and img3, so the
+    # kill after img1 cuts a group.
+    config = AdvCamConfig(steps=3, scales=(1.0, 0.5), batch_budget=8)
 
     class Killed(RuntimeError):
         pass
@@ -318,9 +320,27 @@ def test_partial_shard_resumes(tmp_path) -> None:
     with pytest.raises(Killed):
         write_seed_shard(manifest, 0, 1, out, killed_after(2, seeds), "advcam", config.params())
     assert not out.exists() and out.with_name(out.name + ".partial").exists()
+    batches = []
+    climb = advcam.advcam_maps
+
+    def recording(model, images, *args, **kwargs):
+        batches.append(len(images))
+        return climb(model, images, *args, **kwargs)
+
+    monkeypatch.setattr(advcam, "advcam_maps", recording)
     resumed = write_seed_shard(manifest, 0, 1, out, AdvCamSeeds(model, manifest.records, config, torch.device("cpu")),
                                "advcam", config.params())
+    monkeypatch.undo()
     assert resumed == 2
+    assert batches == [3, 1]  # img2 is climbed with img0 and img1 again, as in an uninterrupted run
+    straight = tmp_path / "straight.h5"
+    assert write_seed_shard(manifest, 0, 1, straight, AdvCamSeeds(model, manifest.records, config,
+                                                                  torch.device("cpu")), "advcam", config.params()) == 4
+    with MapReader(out) as got, MapReader(straight) as expected:  # the same batches: bitwise equal
+        for image_id in manifest.ids:
+            a, b = got.read(image_id), expected.read(image_id)
+            for name in ("cam", "cam_stride4"):
+                np.testing.assert_array_equal(a[name], b[name], err_msg=f"{image_id}/{name}")
     one_by_one = tmp_path / "clean.h5"
     reference_seeds = AdvCamSeeds(model, manifest.records, config, torch.device("cpu"), reference=True)
     assert write_seed_shard(manifest, 0, 1, one_by_one, reference_seeds, "advcam", config.params()) == 4

@@ -522,24 +522,41 @@ def _reference_climb(model: CamClassifier, x: torch.Tensor, mirrored: tuple[bool
 class AdvCamSeeds:
     """The per-image compute function of `write_seed_shard` for AdvCAM / AdvCAM-Sal.
 
-    Asked for one image, it also computes the next images of the shard that have the same size,
-    while their climbs fit ``config.batch_budget`` samples, and hands those out from a cache when
-    they are asked for (the shard loop asks in shard order).
+    The shard's images are cut once, in shard order, into fixed groups of consecutive images of the
+    same size (from the manifest) whose climbs fit ``config.batch_budget`` samples. Asked for an
+    image, it climbs the image's whole group as one batch and hands the other members out from a
+    cache when they are asked for (the shard loop asks in shard order). Because the groups depend on
+    the shard alone, a shard resumed after a kill batches every image as the uninterrupted run did,
+    and its maps are bitwise the same: a group cut by the kill is climbed again, members already
+    written included.
     """
 
     def __init__(self, model: CamClassifier, records: Sequence[ImageRecord], config: AdvCamConfig,
                  device: torch.device, saliency: MapReader | None = None, reference: bool = False):
         self.model = model
         self.records = list(records)
-        self.position = {r.image_id: i for i, r in enumerate(self.records)}
         self.config = config
         self.device = device
         self.saliency = saliency
         self.reference = reference
         self._cache: dict[str, dict[str, np.ndarray]] = {}
+        self._groups: dict[str, list[ImageRecord]] = {}
+        group: list[ImageRecord] = []
+        samples = 0
+        for record in self.records:
+            more = config.samples_per_climb * len(record.labels)
+            if group and (samples + more > config.batch_budget
+                          or (record.height, record.width) != (group[0].height, group[0].width)):
+                group, samples = [], 0
+            group.append(record)
+            samples += more
+            self._groups[record.image_id] = group
 
     def _load(self, record: ImageRecord) -> tuple[torch.Tensor, torch.Tensor | None]:
         image = image_to_tensor(read_image(record.image_path), self.device)
+        if tuple(image.shape[-2:]) != (record.height, record.width):
+            raise ValueError(f"image {record.image_id!r} ({record.image_path}) is {tuple(image.shape[-2:])}, "
+                             f"its manifest says {(record.height, record.width)}")
         if self.saliency is None:
             return image, None
         saliency = np.asarray(self.saliency.read(record.image_id, ["saliency"])["saliency"], np.float32)
@@ -551,26 +568,18 @@ class AdvCamSeeds:
     def __call__(self, record: ImageRecord) -> Mapping[str, np.ndarray]:
         if record.image_id in self._cache:
             return self._cache.pop(record.image_id)
-        image, saliency = self._load(record)
         if self.reference:
+            image, saliency = self._load(record)
             full, stride4 = advcam_maps_reference(self.model, image, record.labels, self.config, saliency)
             return {"cam": full, "cam_stride4": stride4}
-        group = [(record, image, saliency)]
-        samples = self.config.samples_per_climb * len(record.labels)
-        for following in self.records[self.position.get(record.image_id, len(self.records)) + 1:]:
-            more = self.config.samples_per_climb * len(following.labels)
-            if samples + more > self.config.batch_budget or following.image_id in self._cache:
-                break
-            next_image, next_saliency = self._load(following)
-            if next_image.shape != image.shape:
-                break
-            group.append((following, next_image, next_saliency))
-            samples += more
-        results = advcam_maps(self.model, [g[1] for g in group], [g[0].labels for g in group], self.config,
-                              None if saliency is None else [g[2] for g in group])
-        for (member, _, _), (full, stride4) in zip(group[1:], results[1:], strict=True):
+        group = self._groups.get(record.image_id, [record])
+        loaded = [self._load(member) for member in group]
+        results = advcam_maps(self.model, [image for image, _ in loaded], [m.labels for m in group], self.config,
+                              None if self.saliency is None else [sal for _, sal in loaded])
+        asked = next(i for i, member in enumerate(group) if member.image_id == record.image_id)
+        for member, (full, stride4) in zip(group[asked + 1:], results[asked + 1:], strict=True):
             self._cache[member.image_id] = {"cam": full, "cam_stride4": stride4}
-        return {"cam": results[0][0], "cam_stride4": results[0][1]}
+        return {"cam": results[asked][0], "cam_stride4": results[asked][1]}
 
 
 def _scales(values: Sequence[str]) -> tuple[float, ...]:
