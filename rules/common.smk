@@ -16,8 +16,9 @@ SCHEMA_PATH = os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
 with open(SCHEMA_PATH) as _schema_file:
     check_config(config, yaml.safe_load(_schema_file))
 validate(config, SCHEMA_PATH)
-if missing_weight_files(config):
-    raise ConfigError("invalid configuration:\n  " + "\n  ".join(missing_weight_files(config)))
+_missing_weights = missing_weight_files(config)
+if _missing_weights:
+    raise ConfigError("invalid configuration:\n  " + "\n  ".join(_missing_weights))
 
 
 def _sorted_mapping(value):

@@ -12,13 +12,19 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pandas as pd
 import psutil
 import torch
 
-from .workflow_helpers import ENV, SNAKEMAKE, snakemake, tiny_config, write_config
+from .workflow_helpers import (
+    ENV,
+    SNAKEMAKE,
+    assert_same_maps,
+    assert_same_weights,
+    snakemake,
+    tiny_config,
+    write_config,
+)
 
 SEEDS = "results/tiny/seeds/cam/advcam"
 CLASSIFIER = "results/tiny/classifier/cam"
@@ -62,16 +68,6 @@ def run_and_kill(workdir: Path, step: str, ready: Callable[[], bool], timeout: f
     assert killed is not None, f"{step} finished before it could be killed:\n{out[-3000:]}"
     assert process.returncode != 0, out[-3000:]
     return out
-
-
-def assert_same_maps(a_path: Path, b_path: Path) -> None:
-    """The same images with bitwise equal maps."""
-    with h5py.File(a_path, "r") as a, h5py.File(b_path, "r") as b:
-        assert sorted(a) == sorted(b)
-        for image in a:
-            assert sorted(a[image]) == sorted(b[image])
-            for name in a[image]:
-                np.testing.assert_array_equal(a[image][name][()], b[image][name][()], err_msg=f"{image}/{name}")
 
 
 def images_done(log: Path) -> int:
@@ -127,9 +123,7 @@ def check_interrupted_run(workdir: Path, uninterrupted: Path, reference: subproc
     print("\nrerun of the killed shard:", shard_log.read_text().strip().splitlines()[-1].split(": ", 1)[-1])
     out, _ = reference.communicate(timeout=600)
     assert reference.returncode == 0, out[-3000:]
-    a = torch.load(workdir / CLASSIFIER / "model.pt", weights_only=True)["state_dict"]
-    b = torch.load(uninterrupted / CLASSIFIER / "model.pt", weights_only=True)["state_dict"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_weights(workdir / CLASSIFIER / "model.pt", uninterrupted / CLASSIFIER / "model.pt")
     pd.testing.assert_frame_equal(pd.read_csv(workdir / CLASSIFIER / "metrics.csv").drop(columns="seconds"),
                                   pd.read_csv(uninterrupted / CLASSIFIER / "metrics.csv").drop(columns="seconds"),
                                   check_exact=True)

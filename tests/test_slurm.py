@@ -16,13 +16,18 @@ import sys
 import time
 from pathlib import Path
 
-import h5py
-import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from .workflow_helpers import ENV, ROOT, tiny_config, write_config
+from .workflow_helpers import (
+    ENV,
+    ROOT,
+    assert_same_maps,
+    assert_same_weights,
+    job_counts,
+    tiny_config,
+    write_config,
+)
 
 pytestmark = pytest.mark.skipif(not os.environ.get("WSSS_SLURM_TEST") or not os.environ.get("SLURM_CONF"),
                                 reason="needs a SLURM cluster: run `make test-slurm`")
@@ -105,17 +110,10 @@ def assert_same_results(slurm_dir: Path, local_dir: Path) -> None:
         metrics = Path(model).with_name("metrics.csv")  # all but the wall-clock column
         pd.testing.assert_frame_equal(pd.read_csv(slurm_dir / metrics).drop(columns="seconds"),
                                       pd.read_csv(local_dir / metrics).drop(columns="seconds"), check_exact=True)
-        a = torch.load(slurm_dir / model, weights_only=True)["state_dict"]
-        b = torch.load(local_dir / model, weights_only=True)["state_dict"]
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), model
+        assert_same_weights(slurm_dir / model, local_dir / model)
     for maps in ["results/tiny/seeds/cam/cam/maps.h5", "results/tiny/random_walk/cam/cam/maps.h5",
                  "results/tiny/pseudo_masks/cam/cam/masks.h5"]:
-        with h5py.File(slurm_dir / maps, "r") as a, h5py.File(local_dir / maps, "r") as b:
-            assert sorted(a) == sorted(b)
-            for image in a:
-                assert sorted(a[image]) == sorted(b[image])
-                for name in a[image]:
-                    np.testing.assert_array_equal(a[image][name][()], b[image][name][()], err_msg=f"{maps} {image}")
+        assert_same_maps(slurm_dir / maps, local_dir / maps)
 
 
 def test_readme_commands_on_a_slurm_cluster(tmp_path: Path) -> None:
@@ -124,8 +122,7 @@ def test_readme_commands_on_a_slurm_cluster(tmp_path: Path) -> None:
 
     slurm_dir = checkout(tmp_path / "slurm")
     planned = run(DRY_RUN, slurm_dir)
-    planned_jobs = {m.group(1): int(m.group(2))
-                    for m in re.finditer(r"^(\w+)\s+(\d+)$", planned, re.MULTILINE) if m.group(1) != "total"}
+    planned_jobs = job_counts(planned)
     planned_jobs.pop("all")  # the target rule runs in snakemake itself, never submitted
 
     # The local reference runs meanwhile: the SLURM run mostly waits between status checks.

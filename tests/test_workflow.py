@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 
@@ -11,14 +10,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from .workflow_helpers import ENV, ROOT, SNAKEMAKE, TINY, snakemake, write_config
+from .workflow_helpers import ENV, ROOT, SNAKEMAKE, TINY, job_counts, snakemake, write_config
 
 
 def planned_jobs(workdir: Path) -> dict[str, int]:
     """Rule → job count of a dry run (snakemake's job stats table)."""
-    out = snakemake(workdir, "--dry-run", "--quiet", "rules").stdout
-    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", out, re.MULTILINE)
-            if m.group(1) != "total"}
+    return job_counts(snakemake(workdir, "--dry-run", "--quiet", "rules").stdout)
 
 
 @pytest.fixture(scope="module")

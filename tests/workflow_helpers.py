@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import h5py
+import numpy as np
+import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,3 +58,27 @@ def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path
     path = workdir / name
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def job_counts(dry_run_output: str) -> dict[str, int]:
+    """Rule → job count from the job stats table snakemake prints (the total row left out)."""
+    return {m.group(1): int(m.group(2)) for m in re.finditer(r"^(\w+)\s+(\d+)$", dry_run_output, re.MULTILINE)
+            if m.group(1) != "total"}
+
+
+def assert_same_weights(a_path: Path, b_path: Path) -> None:
+    """Two saved models (``state_dict`` files) with bitwise equal tensors."""
+    a = torch.load(a_path, weights_only=True)["state_dict"]
+    b = torch.load(b_path, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), f"{a_path} vs {b_path}"
+
+
+def assert_same_maps(a_path: Path, b_path: Path) -> None:
+    """Two map files with the same images and bitwise equal arrays."""
+    with h5py.File(a_path, "r") as a, h5py.File(b_path, "r") as b:
+        assert sorted(a) == sorted(b)
+        for image in a:
+            assert sorted(a[image]) == sorted(b[image])
+            for name in a[image]:
+                np.testing.assert_array_equal(a[image][name][()], b[image][name][()],
+                                              err_msg=f"{a_path} {image}/{name}")

@@ -59,8 +59,8 @@ gradient depends on its own objective only). Which images share a batch changes 
 rounding only, but the climb amplifies it: batch-1 and batch-N convolutions round differently
 (≤ 1.1e-5 after T ≤ 6 steps in the tests; up to 0.2 of the max on single pixels after 27 steps in
 `benchmarks/advcam.py`, 0 in float64). So the budgets stay in the rule's params: a changed budget
-reruns the seeds rather than mixing two roundings in one file. `advcam_maps_reference` is the straightforward loop it is checked
-against (``--reference`` runs it).
+reruns the seeds rather than mixing two roundings in one file. `advcam_maps_reference` is the
+straightforward loop it is checked against (``--reference`` runs it).
 
 Numerics. (1) Where A^{t-1} is within rounding of A⁰ (|A − A⁰| ≤ 1e-5 · max|A⁰|) the penalty's
 subgradient is taken as 0, as |·|'s is at exactly 0: the penalty pulls masked pixels back onto

@@ -9,8 +9,8 @@ trained classifier's backbone instead (the project's earlier design); on the def
 random-init classifier's features, learnt for image labels, mark object boundaries poorly and the
 walk spreads seeds over the background (README, "Pseudo masks", has the measurement).
 
-Each sample: the image and its ``affinity_label`` map are randomly rescaled by a factor in ``--rescale`` (0.5–1.5), flipped and
-cropped to ``--crop`` (label padding 255), the label is taken at stride 4 (every 4th pixel: the
+Each sample: the image and its ``affinity_label`` map are randomly rescaled by a factor in
+``--rescale`` (0.5–1.5), flipped and cropped to ``--crop`` (label padding 255), the label is taken at stride 4 (every 4th pixel: the
 centre of the network's stride-4 cell; IRN's nearest-neighbour ×0.25 resize), and the pairs within
 ``--radius`` 10 are positive when their labels agree (background and foreground counted apart),
 negative when they differ, ignored when one is 255. Loss (bg_pos/2 + fg_pos/2 + neg)/2 with
@@ -29,7 +29,8 @@ included, by content digest), ``--stop-after-epochs`` for time-limited jobs.
 Example::
 
     python -m wsss_steps.train_relation --backbone efficientnet_lite0 \\
-        --classifier results/synth/classifier/cam/model.pt --labels results/synth/affinity_labels/cam/cam/maps.h5 \\
+        --classifier results/synth/classifier/cam/model.pt \\
+        --labels results/synth/affinity_labels/cam/cam/maps.h5 \\
         --manifest results/synth/data/train.csv --out relation.pt --epochs 3 --batch-size 16 --crop 128
 """
 
