@@ -22,7 +22,7 @@ run: env
 	PATH="$(abspath $(BIN)):$$PATH" snakemake --profile profiles/local --cores 1 --report results/report.html
 
 test: env
-	$(BIN)/ruff check wsss_steps tests benchmarks
+	$(BIN)/ruff check wsss_steps tests benchmarks diagnostics
 	$(BIN)/snakemake --lint
 	$(BIN)/pytest -q
 
@@ -32,7 +32,7 @@ test-slurm: env
 	bash tests/slurm/test_slurm.sh
 
 lint: env
-	$(BIN)/ruff check wsss_steps tests benchmarks
+	$(BIN)/ruff check wsss_steps tests benchmarks diagnostics
 	$(BIN)/snakemake --lint
 
 # Regenerates the conda environment file from the lock (keeps envs/ and uv.lock consistent).

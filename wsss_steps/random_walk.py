@@ -53,7 +53,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss_steps.datasets import ImageRecord, read_manifest
-from wsss_steps.image_io import read_image
+from wsss_steps.image_io import IGNORE_LABEL, read_image, read_label_mask
 from wsss_steps.logs import setup_logging
 from wsss_steps.map_shards import write_map_shard
 from wsss_steps.map_store import MapReader
@@ -143,6 +143,25 @@ def dense_random_walk(seeds: torch.Tensor, boundary: torch.Tensor, radius: int =
     return (x @ transition).reshape(num_maps, height, width)
 
 
+def ground_truth_boundary(mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
+    """A perfect boundary map (h, w) from a ground-truth mask (H, W): 1 in every stride-4 cell
+    holding a void pixel (255: VOC's band along instance outlines) or a change of label, else 0.
+
+    Diagnostic only (``--boundary ground-truth``): the walk from the seeds on it is the ceiling a
+    perfect relation network could reach with those seeds, which separates the seeds' errors from
+    the boundary map's.
+    """
+    labels = torch.as_tensor(np.asarray(mask, dtype=np.int64))
+    edge = labels == IGNORE_LABEL
+    step = torch.zeros_like(edge)
+    step[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    step[1:] |= labels[1:] != labels[:-1]
+    edge |= step
+    height, width = grid
+    padded = F.pad(edge[None, None].float(), (0, 4 * width - edge.shape[1], 0, 4 * height - edge.shape[0]))
+    return F.max_pool2d(padded, 4)[0, 0]
+
+
 def upsample_normalize(scores: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Stride-4 scores (K, h, w) → ×4 bilinear, cropped to (K, H, W), divided by the global max."""
     if scores.shape[0] == 0:
@@ -172,7 +191,10 @@ def propagate_seeds(seeds_stride4: np.ndarray, boundary: torch.Tensor, height: i
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m wsss_steps.random_walk", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--relation", required=True, help="trained relation network (train_relation's model.pt)")
+    parser.add_argument("--relation", help="trained relation network (train_relation's model.pt)")
+    parser.add_argument("--boundary", choices=("relation", "ground-truth"), default="relation",
+                        help="boundary map: the relation network's (default), or, as a diagnostic, one drawn "
+                             "from the ground-truth masks (the ceiling of a perfect relation network)")
     parser.add_argument("--seeds", required=True, help="merged seed map file (cam_stride4 + keys per image)")
     parser.add_argument("--manifest", required=True, help="split manifest CSV written by prepare_data")
     parser.add_argument("--out", required=True, help="output shard file (.h5)")
@@ -202,10 +224,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     if args.exp_times < 0 or args.radius < 2 or args.beta <= 0 or args.seed_power <= 0:
         raise SystemExit("random_walk: need --exp-times >= 0, --radius >= 2, --beta > 0, --seed-power > 0")
+    if (args.boundary == "relation") != (args.relation is not None):
+        raise SystemExit("random_walk: pass --relation, or --boundary ground-truth without it")
     device = resolve_device(args.device)
     dtype = DTYPES[args.dtype]
-    model, meta = load_relation(args.relation, device)
     manifest = read_manifest(args.manifest)
+    if args.boundary == "relation":
+        model, meta = load_relation(args.relation, device)
+    else:
+        model, meta = None, {"settings_hash": "ground-truth"}
+        unmasked = [record.image_id for record in manifest.records if record.mask_path is None]
+        if unmasked:
+            raise SystemExit(f"random_walk: --boundary ground-truth needs masks; {args.manifest} has none for "
+                             f"{len(unmasked)} images, e.g. {unmasked[0]!r}")
     if tuple(meta.get("class_names", manifest.class_names)) != manifest.class_names:
         raise ValueError(f"relation network {args.relation} was trained on classes {meta['class_names']}, "
                          f"manifest {args.manifest} has {list(manifest.class_names)}")
@@ -218,7 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ValueError(f"image {record.image_id!r}: seed keys {data['keys'].tolist()} in {args.seeds} "
                              f"differ from its labels {list(record.labels)}")
         image = read_image(record.image_path)
-        boundary = boundary_map(model, image_to_tensor(image, device), args.flip)
+        if model is None:
+            boundary = ground_truth_boundary(read_label_mask(record.mask_path), data["cam_stride4"].shape[1:])
+            boundary = boundary.to(device)
+        else:
+            boundary = boundary_map(model, image_to_tensor(image, device), args.flip)
         if tuple(boundary.shape) != data["cam_stride4"].shape[1:]:
             raise ValueError(f"image {record.image_id!r}: boundary map {tuple(boundary.shape)} and seeds "
                              f"{data['cam_stride4'].shape[1:]} in {args.seeds} are not on one grid")
@@ -236,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "seed_power": args.seed_power, "sem_seg_bg_thres": args.sem_seg_bg_thres, "flip": args.flip,
               "dtype": args.dtype, "relation": meta.get("settings_hash", ""),
               "seeds": {"method": str(seeds.attrs.get("method", "")), "params": seeds.params}}
+    if model is None:
+        params["boundary"] = args.boundary
     method = args.method or str(seeds.attrs.get("method", "")) or "irn"
     try:
         count = write_map_shard(manifest, args.shard, args.num_shards, args.out, compute, stage=STAGE,
