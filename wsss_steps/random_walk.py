@@ -32,7 +32,9 @@ thresholds by `wsss_steps.evaluate_seeds` as seeds are.
 
 Step output per image: ``cam`` (K, H, W) float16 (propagated scores / global max), ``keys``,
 ``pseudo_label`` (H, W) uint8 at ``--sem-seg-bg-thres`` (mask numbering), ``boundary`` (h, w)
-float16 (the relation network's B, for inspection).
+float16 (the relation network's B, for inspection). ``--boundary ground-truth`` (no
+``--relation``) walks on a boundary drawn from the ground-truth masks instead: the ceiling a perfect
+relation network would reach from the same seeds (README, "Pseudo masks"); a diagnostic only.
 
 Example::
 
