@@ -55,7 +55,8 @@ import torch
 import torch.nn.functional as F
 
 from wsss_steps.datasets import ImageRecord, read_manifest
-from wsss_steps.image_io import IGNORE_LABEL, read_image, read_label_mask
+from wsss_steps.evaluate_seeds import read_ground_truth
+from wsss_steps.image_io import IGNORE_LABEL, read_image
 from wsss_steps.logs import setup_logging
 from wsss_steps.map_shards import write_map_shard
 from wsss_steps.map_store import MapReader
@@ -155,10 +156,8 @@ def ground_truth_boundary(mask: np.ndarray, grid: tuple[int, int]) -> torch.Tens
     """
     labels = torch.as_tensor(np.asarray(mask, dtype=np.int64))
     edge = labels == IGNORE_LABEL
-    step = torch.zeros_like(edge)
-    step[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    step[1:] |= labels[1:] != labels[:-1]
-    edge |= step
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[1:] |= labels[1:] != labels[:-1]
     height, width = grid
     padded = F.pad(edge[None, None].float(), (0, 4 * width - edge.shape[1], 0, 4 * height - edge.shape[0]))
     return F.max_pool2d(padded, 4)[0, 0]
@@ -250,16 +249,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if tuple(int(k) for k in data["keys"]) != tuple(record.labels):
             raise ValueError(f"image {record.image_id!r}: seed keys {data['keys'].tolist()} in {args.seeds} "
                              f"differ from its labels {list(record.labels)}")
-        image = read_image(record.image_path)
         if model is None:
-            boundary = ground_truth_boundary(read_label_mask(record.mask_path), data["cam_stride4"].shape[1:])
-            boundary = boundary.to(device)
+            mask = read_ground_truth(record, manifest.num_classes)
+            height, width = mask.shape
+            boundary = ground_truth_boundary(mask, data["cam_stride4"].shape[1:]).to(device)
         else:
+            image = read_image(record.image_path)
+            height, width = image.shape[:2]
             boundary = boundary_map(model, image_to_tensor(image, device), args.flip)
         if tuple(boundary.shape) != data["cam_stride4"].shape[1:]:
             raise ValueError(f"image {record.image_id!r}: boundary map {tuple(boundary.shape)} and seeds "
                              f"{data['cam_stride4'].shape[1:]} in {args.seeds} are not on one grid")
-        height, width = image.shape[:2]
         scores = propagate_seeds(data["cam_stride4"], boundary, height, width, args.radius, args.beta,
                                  args.exp_times, args.seed_power, dtype)
         stored = scores.astype(np.float16)
