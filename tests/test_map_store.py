@@ -47,6 +47,27 @@ def test_killed_shard_is_not_published_and_resumes(tmp_path: Path) -> None:
         assert reader.params == PARAMS and reader.attrs["method"] == "cam"
 
 
+def test_resume_keeps_only_the_images_that_read_back_whole(tmp_path: Path) -> None:
+    # A kill mid-write can leave an image listed whose group or data no longer opens (HDF5's
+    # "incorrect cache entry type"); broken external links reproduce both cases.
+    path = tmp_path / "shard-0-of-1.h5"
+    ids = ["i1", "i2", "i3", "i4"]
+    with pytest.raises(KeyboardInterrupt):
+        write_shard(path, ids, fail_after=2)
+    partial = path.with_name(path.name + ".partial")
+    with h5py.File(partial, "a") as handle:
+        handle["i3"] = h5py.ExternalLink("gone.h5", "/i3")
+        handle["i2"].attrs["complete"] = True
+        del handle["i2"]["cam"]
+        handle["i2"]["cam"] = h5py.ExternalLink("gone.h5", "/cam")
+    with MapWriter(path, stage="seeds", method="cam", params=PARAMS, dataset="toy") as writer:
+        assert [writer.is_done(i) for i in ids] == [True, False, False, False]
+    write_shard(path, ids)
+    with MapReader(path) as reader:
+        assert reader.ids == ids
+        assert [float(reader.read(i)["cam"][0, 0, 0]) for i in ids] == [1.0, 2.0, 3.0, 4.0]
+
+
 def test_partial_file_from_other_settings_is_discarded(tmp_path: Path) -> None:
     path = tmp_path / "s.h5"
     with pytest.raises(KeyboardInterrupt):

@@ -46,12 +46,43 @@ def _file_attrs(stage: str, method: str, params: Mapping[str, Any], dataset: str
             "params": json.dumps(params, sort_keys=True)}
 
 
+def _salvage_partial(path: Path, attrs: Mapping[str, str]) -> bool:
+    """Rewrites a partial file killed mid-write with only its complete, readable images.
+
+    A kill during a write can leave HDF5 metadata half-written: the file opens and lists the
+    image, but opening the image's group then fails. Resuming by appending to such a file is
+    unsafe, so the images that read back whole are copied into a fresh file, which replaces it.
+    Returns False, and leaves the file alone, when it is from other settings or unreadable.
+    """
+    fresh = path.with_name(path.name + ".salvage")
+    try:
+        with h5py.File(path, "r") as old:
+            if any(old.attrs.get(k) != v for k, v in attrs.items() if k != "code_version"):
+                return False
+            with h5py.File(fresh, "w") as new:
+                for image_id in list(old):
+                    try:
+                        group = old[image_id]
+                        if not group.attrs.get("complete", False):
+                            continue
+                        for name in group:
+                            group[name][()]
+                    except (KeyError, OSError, RuntimeError, ValueError):
+                        continue
+                    old.copy(group, new, name=image_id)
+    except OSError:
+        fresh.unlink(missing_ok=True)
+        return False
+    os.replace(fresh, path)
+    return True
+
+
 class MapWriter:
     """Writes one shard to ``<path>.partial`` and renames it to ``path`` once every image is in.
 
-    A rerun after a kill reopens the partial file and skips the images already complete, as long
-    as the partial file was written with the same stage, method, params and dataset; otherwise
-    it starts over.
+    A rerun after a kill keeps the partial file's complete images that read back whole
+    (`_salvage_partial`) and computes the rest, as long as the partial file was written with the
+    same stage, method, params and dataset; otherwise it starts over.
     """
 
     def __init__(self, path: str | Path, stage: str, method: str, params: Mapping[str, Any],
@@ -63,14 +94,8 @@ class MapWriter:
 
     def __enter__(self) -> MapWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.partial_path.exists():
-            try:
-                with h5py.File(self.partial_path, "r") as old:
-                    same = all(old.attrs.get(k) == v for k, v in self.attrs.items() if k != "code_version")
-            except OSError:
-                same = False
-            if not same:
-                self.partial_path.unlink()
+        if self.partial_path.exists() and not _salvage_partial(self.partial_path, self.attrs):
+            self.partial_path.unlink()
         self._file = h5py.File(self.partial_path, "a")
         for key, value in self.attrs.items():
             self._file.attrs[key] = value
