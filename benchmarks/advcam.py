@@ -38,10 +38,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wsss_steps.advcam import AdvCamConfig, advcam_maps, advcam_maps_reference  # noqa: E402
+from wsss_steps.methods.advcam import AdvCamConfig, advcam_maps, advcam_maps_reference  # noqa: E402
 from wsss_steps.networks.backbones import build_backbone  # noqa: E402
 from wsss_steps.networks.classifier import CamClassifier  # noqa: E402
-from wsss_steps.preprocess import resolve_device  # noqa: E402
+from wsss_steps.networks.inputs import resolve_device  # noqa: E402
 
 NUM_CLASSES = 20
 

@@ -60,7 +60,7 @@ def worker(kind: str, inputs: Path, output: Path, dtype: str, radius: int, beta:
            threads: int) -> None:
     import torch
 
-    from wsss_steps.random_walk import dense_random_walk, random_walk
+    from wsss_steps.methods.random_walk import dense_random_walk, random_walk
 
     torch.set_num_threads(threads)
     data = np.load(inputs)

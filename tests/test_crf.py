@@ -3,7 +3,13 @@ import dataclasses
 import numpy as np
 import pytest
 
-from wsss_steps.crf import DEEPLAB_CRF, IRN_CRF, CrfSettings, crf_from_labels, crf_from_probs
+from wsss_steps.methods.crf import (
+    DEEPLAB_CRF,
+    IRN_CRF,
+    CrfSettings,
+    crf_from_labels,
+    crf_from_probs,
+)
 
 
 def _edge_scene(height=40, width=60, edge=30, seed=0):

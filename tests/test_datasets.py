@@ -7,17 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsss_steps.datasets import (
-    DatasetError,
-    Voc2012Dataset,
-    VocLayoutDataset,
-    build_manifest,
-    read_manifest,
-    validate_image_id,
-    write_manifest,
-)
-from wsss_steps.image_io import write_image, write_label_mask
+from wsss_steps.data.adapters import Voc2012Dataset, VocLayoutDataset, build_manifest
+from wsss_steps.data.manifest import DatasetError, read_manifest, validate_image_id, write_manifest
 from wsss_steps.prepare_data import main as prepare_data_main
+from wsss_steps.store.images import write_image, write_label_mask
 
 
 def make_voc_layout(root: Path, labels: dict[str, str], classes=("cat", "dog"), size=(20, 24)) -> Path:

@@ -5,17 +5,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsss_steps.datasets import ImageRecord, Manifest, read_manifest, write_manifest
-from wsss_steps.evaluate_seeds import (
-    EvaluationError,
-    evaluate_seeds,
-    main,
-    threshold_list,
-)
-from wsss_steps.image_io import write_image, write_label_mask
-from wsss_steps.map_store import MapWriter, merge_shards, shard_path
-from wsss_steps.metrics import confusion_matrix
-from wsss_steps.summarize import SummaryError, summarize
+from wsss_steps.data.manifest import ImageRecord, Manifest, read_manifest, write_manifest
+from wsss_steps.evaluate import main
+from wsss_steps.evaluation.masks import EvaluationError, evaluate_seeds, threshold_list
+from wsss_steps.evaluation.metrics import confusion_matrix
+from wsss_steps.evaluation.summary import SummaryError, summarize
+from wsss_steps.store.images import write_image, write_label_mask
+from wsss_steps.store.maps import MapWriter, merge_shards, shard_path
 
 CLASSES = ("cat", "dog")
 

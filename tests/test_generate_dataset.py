@@ -11,8 +11,8 @@ import cv2
 import numpy as np
 import pytest
 
-from wsss_steps.datasets import VocLayoutDataset, build_manifest, validate_image_id
-from wsss_steps.generate_dataset import (
+from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.generated import (
     CLASS_SPECS,
     GENERATOR_NAME,
     GeneratorError,
@@ -20,10 +20,11 @@ from wsss_steps.generate_dataset import (
     class_names,
     cooccurring_pair,
     generate_dataset,
-    main,
     render_image,
 )
-from wsss_steps.image_io import IGNORE_LABEL, read_image, read_label_mask
+from wsss_steps.data.manifest import validate_image_id
+from wsss_steps.generate_dataset import main
+from wsss_steps.store.images import IGNORE_LABEL, read_image, read_label_mask
 
 SMALL = GeneratorSettings(num_train=10, num_val=4, image_size=64, seed=3)
 

@@ -8,7 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
-from wsss_steps.map_store import MapReader, MapStoreError, MapWriter, merge_shards, shard_ids
+from wsss_steps.store.maps import MapReader, MapStoreError, MapWriter, merge_shards, shard_ids
 
 PARAMS = {"scales": [1.0, 0.5]}
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from wsss_steps.metrics import (
+from wsss_steps.evaluation.metrics import (
     average_precision,
     average_precision_per_class,
     confusion_matrices,

@@ -14,21 +14,23 @@ import numpy as np
 import pytest
 import torch
 
-from wsss_steps import evaluate_seeds, pseudo_masks, random_walk
-from wsss_steps.datasets import read_manifest
-from wsss_steps.image_io import read_label_mask
-from wsss_steps.map_store import MapReader
-from wsss_steps.metrics import precision_per_class, recall_per_class
-from wsss_steps.networks.backbones import build_backbone
-from wsss_steps.networks.classifier import CamClassifier
-from wsss_steps.networks.relation import RelationNet, save_relation
-from wsss_steps.random_walk import (
+from wsss_steps import pseudo_masks, random_walk
+from wsss_steps.data.manifest import read_manifest
+from wsss_steps.evaluation.masks import evaluate_seeds
+from wsss_steps.evaluation.metrics import precision_per_class, recall_per_class
+from wsss_steps.methods.labels import labels_at_threshold
+from wsss_steps.methods.random_walk import (
     dense_random_walk,
     ground_truth_boundary,
-    labels_at_threshold,
     transition_matrix,
     upsample_normalize,
 )
+from wsss_steps.methods.random_walk import random_walk as walk_seeds
+from wsss_steps.networks.backbones import build_backbone
+from wsss_steps.networks.classifier import CamClassifier
+from wsss_steps.networks.relation import RelationNet, save_relation
+from wsss_steps.store.images import read_label_mask
+from wsss_steps.store.maps import MapReader
 
 from .test_affinity_labels import write_seed_file
 from .test_relation import make_shapes_dataset
@@ -51,7 +53,7 @@ def test_sparse_walk_equals_the_dense_matrix_power(height: int, width: int, radi
     generator = torch.Generator().manual_seed(height * width)
     boundary = torch.rand(height, width, generator=generator, dtype=torch.float64) ** 3
     seeds = torch.rand(3, height, width, generator=generator, dtype=torch.float64)
-    sparse = random_walk.random_walk(seeds, boundary, radius, beta, exp_times)
+    sparse = walk_seeds(seeds, boundary, radius, beta, exp_times)
     dense = dense_random_walk(seeds, boundary, radius, beta, exp_times)
     assert sparse.shape == (3, height, width)
     np.testing.assert_allclose(sparse.numpy(), dense.numpy(), rtol=0, atol=1e-5 * float(dense.max()))
@@ -73,7 +75,7 @@ def test_walk_spreads_a_seed_inside_its_region_and_not_across_a_boundary() -> No
     boundary[:, 9] = 1.0  # a wall
     seeds = torch.zeros(1, 12, 20, dtype=torch.float64)
     seeds[0, 5, 3] = 1.0
-    walked = random_walk.random_walk(seeds, boundary)[0]
+    walked = walk_seeds(seeds, boundary)[0]
     left, right = walked[:, :9], walked[:, 10:]
     assert (right == 0).all() and (walked[:, 9] == 0).all()
     assert (left > 0).all()
@@ -132,7 +134,7 @@ def test_ground_truth_boundary_marks_label_changes_and_void_cells() -> None:
     # On it, a seed in the left region spreads over the left region and never crosses.
     seeds = torch.zeros(1, 5, 6, dtype=torch.float64)
     seeds[0, 4, 0] = 1.0
-    walked = random_walk.random_walk(seeds, torch.as_tensor(boundary, dtype=torch.float64), exp_times=6)[0]
+    walked = walk_seeds(seeds, torch.as_tensor(boundary, dtype=torch.float64), exp_times=6)[0]
     assert float(walked[:, 3:].abs().max()) == 0.0 and float(walked[2:, :2].min()) > 0
 
 
@@ -190,8 +192,8 @@ def test_walk_and_pseudo_mask_steps_feed_the_evaluation(walk_inputs: dict[str, P
 
     # The sweep over the walk's scores at 0.3 and the fixed masks without CRF agree.
     thresholds = [0.3]
-    sweep = evaluate_seeds.evaluate_seeds(manifest, walk, "cam", thresholds)
-    fixed = evaluate_seeds.evaluate_seeds(manifest, plain, "mask_onehot", thresholds)
+    sweep = evaluate_seeds(manifest, walk, "cam", thresholds)
+    fixed = evaluate_seeds(manifest, plain, "mask_onehot", thresholds)
     np.testing.assert_array_equal(sweep, fixed)
 
 
@@ -217,5 +219,5 @@ def test_ground_truth_boundary_walk_is_a_diagnostic_without_a_relation_network(w
                 data["boundary"], ground_truth_boundary(gt, data["boundary"].shape).numpy().astype(np.float16))
     # Seeds on the objects, perfect boundaries: nothing leaks into the background (the objects here
     # are 3×3 cells, most of them boundary cells where IRN's walk zeroes the seeds: recall is low).
-    confusion = evaluate_seeds.evaluate_seeds(manifest, walk, "cam", [0.25])[0]
+    confusion = evaluate_seeds(manifest, walk, "cam", [0.25])[0]
     assert precision_per_class(confusion)[1:].min() > 0.95 and recall_per_class(confusion)[1:].min() > 0.3

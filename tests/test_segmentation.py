@@ -13,11 +13,10 @@ import torch
 from PIL import Image
 
 from tests.test_relation import make_shapes_dataset, one_thread  # noqa: F401 (autouse fixture)
-from wsss_steps import evaluate_seeds, export_png, report_figures, segment, train_segmentation
-from wsss_steps.datasets import read_manifest
-from wsss_steps.evaluate_seeds import EvaluationError, evaluate_label_maps
-from wsss_steps.image_io import IGNORE_LABEL, read_label_mask, voc_palette
-from wsss_steps.map_store import MapWriter
+from wsss_steps import evaluate, export_png, report_figures, segment, train_segmentation
+from wsss_steps.data.manifest import read_manifest, spread_ids
+from wsss_steps.evaluation.masks import EvaluationError, evaluate_label_maps
+from wsss_steps.methods.segmentation import predict_probs
 from wsss_steps.networks.backbones import build_backbone
 from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.io import save_classifier
@@ -29,8 +28,11 @@ from wsss_steps.networks.segmentation import (
     low_level_stage_index,
     save_segmentation,
 )
-from wsss_steps.segment import predict_probs
+from wsss_steps.report.figures import render_gallery, render_table, stage_table
+from wsss_steps.store.images import IGNORE_LABEL, read_label_mask, voc_palette
+from wsss_steps.store.maps import MapReader, MapWriter
 from wsss_steps.train_segmentation import class_balanced_weights
+from wsss_steps.training.segmentation import MaskError
 
 
 @pytest.mark.parametrize("head, rates", [("deeplabv2", (6, 12, 18, 24)), ("deeplabv3plus", (2, 4))])
@@ -170,7 +172,7 @@ def test_bad_pseudo_mask_is_named(shapes: dict[str, Path], tmp_path: Path) -> No
         for record in manifest.records:
             writer.write(record.image_id, {"mask": np.full((32, 32), 7, np.uint8)}, {})
         writer.finish(manifest.ids)
-    with pytest.raises(train_segmentation.MaskError, match=r"image 'img0'.*values \[7\]"):
+    with pytest.raises(MaskError, match=r"image 'img0'.*values \[7\]"):
         train_segmentation.main(_train_args(shapes, tmp_path / "out", "--masks", str(tmp_path / "bad.h5"),
                                             "--class-balanced"))
 
@@ -189,7 +191,7 @@ def test_segment_evaluate_and_export(shapes: dict[str, Path], tmp_path: Path) ->
         assert group["mask"].dtype == np.uint8 and int(group["mask"][()].max()) <= 2
 
     summary = tmp_path / "rows.csv"
-    assert evaluate_seeds.main(["--manifest", str(shapes["manifest"]), "--maps", str(predictions),
+    assert evaluate.main(["--manifest", str(shapes["manifest"]), "--maps", str(predictions),
                                 "--map-name", "mask_crf", "--label-map", "--per-class", str(tmp_path / "pc.csv"),
                                 "--summary", str(summary), "--stage", "segmentation_crf", "--method", "full",
                                 "--classifier", "cam", "--split", "val"]) == 0
@@ -246,10 +248,10 @@ def test_stage_table_reports_the_share_of_full(tmp_path: Path) -> None:
             ["d", "segmentation_crf", "full", "cam", "val", "miou", 0.625],
             ["d", "classifier", "cam", "cam", "val", "map", 0.9]]
     summary = _write(tmp_path / "summary.csv", columns, rows)
-    order, table = report_figures.stage_table(list(csv.DictReader(summary.open())))
+    order, table = stage_table(list(csv.DictReader(summary.open())))
     assert order == [("cam", "cam"), ("cam", "full")]
     assert table[("cam", "cam")] == {"seeds": 0.40, "segmentation": 0.45, "segmentation_crf": 0.50}
-    page = report_figures.render_table(summary)
+    page = render_table(summary)
     assert "<td>40.0</td>" in page and "<td>75%</td>" in page and "<td>80%</td>" in page
     assert page.count("<tr>") == 3  # header + two experiments
 
@@ -265,7 +267,7 @@ def test_sweep_and_per_class_plots(tmp_path: Path) -> None:
             assert image.size[0] >= 600 and image.size[1] >= 400
     with pytest.raises(SystemExit, match="NAME=PATH"):
         report_figures.main(["sweep", "--curve", str(curve), "--out", str(tmp_path / "x.png")])
-    assert report_figures.gallery_ids([f"i{k}" for k in range(10)], 3) == ["i0", "i4", "i9"]
+    assert spread_ids([f"i{k}" for k in range(10)], 3) == ["i0", "i4", "i9"]
 
 
 def test_gallery_shows_every_stage(shapes: dict[str, Path], tmp_path: Path) -> None:
@@ -278,8 +280,13 @@ def test_gallery_shows_every_stage(shapes: dict[str, Path], tmp_path: Path) -> N
         writer.finish(manifest.ids)
     rows = _write(tmp_path / "rows.csv", ["dataset", "stage", "method", "classifier", "split", "metric", "value"],
                   [["d", "seeds", "cam", "cam", "train", "best_threshold", 0.3]])
-    ids = report_figures.render_gallery(shapes["manifest"], tmp_path / "seg.pt", tmp_path / "g.png", 2,
-                                        tmp_path / "seeds.h5", rows, shapes["masks"], (1.0,), True, True)
+    assert segment.main(["--model", str(tmp_path / "seg.pt"), "--manifest", str(shapes["manifest"]),
+                         "--gallery", "2", "--out", str(tmp_path / "gallery.h5"), "--scales", "1.0",
+                         "--device", "cpu"]) == 0
+    with MapReader(tmp_path / "gallery.h5") as reader:
+        assert sorted(reader.ids) == ["img0", "img5"]
+    ids = render_gallery(shapes["manifest"], tmp_path / "gallery.h5", tmp_path / "g.png", 2,
+                         tmp_path / "seeds.h5", rows, shapes["masks"], True)
     assert ids == ["img0", "img5"]
     with Image.open(tmp_path / "g.png") as image:
         # 6 panels (image, gt, seeds, pseudo mask, prediction, +CRF) of 32 px enlarged ×4; 2 rows with titles
@@ -310,7 +317,7 @@ def test_default_config_section_maps_to_the_step_options() -> None:
 
 
 def test_report_screenshot_page_opens_the_result_after_the_last_body_end() -> None:
-    from wsss_steps.report_screenshot import page_showing
+    from wsss_steps.report.screenshot import page_showing
 
     html = ('<html><body><script>var s = "</body>"; var results = {"results/x/stages.html": {}};</script>'
             "</body></html>")

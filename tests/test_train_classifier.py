@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from wsss_steps import train_classifier
-from wsss_steps.augment import TrainAugmentation, epoch_permutation, sample_rng
-from wsss_steps.datasets import VocLayoutDataset, build_manifest, write_manifest
-from wsss_steps.image_io import IGNORE_LABEL, write_image, write_label_mask
+from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.manifest import write_manifest
 from wsss_steps.networks.io import load_classifier, read_classifier_meta
+from wsss_steps.store.images import IGNORE_LABEL, write_image, write_label_mask
+from wsss_steps.training.augment import TrainAugmentation, epoch_permutation, sample_rng
 
 CLASSES = ("square", "disc")
 SIZE = 64
@@ -71,7 +72,7 @@ def _args(manifests: tuple[Path, Path], out_dir: Path, epochs: int = 4, *extra: 
             "--metrics", str(out_dir / "metrics.csv"), "--summary", str(out_dir / "summary.csv"),
             "--backbone", "small_resnet", "--epochs", str(epochs), "--batch-size", "8",
             "--lr", "0.05", "--resize-long", "48", "80", "--crop", "64", "--seed", "3",
-            "--threads", "1", "--name", "cam", "--dataset", "shapes", "--log", str(out_dir / "train.log"), *extra]
+            "--threads", "1", "--name", "cam", "--dataset", "shapes", *extra]
 
 
 def _state(path: Path) -> dict[str, torch.Tensor]:
@@ -124,7 +125,7 @@ def test_same_seed_gives_identical_weights(manifests: tuple[Path, Path], referen
 
 
 def test_interrupted_run_resumes_to_the_same_weights(manifests: tuple[Path, Path], reference_run: Path,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     args = _args(manifests, tmp_path, 4, "--checkpoint-dir", str(tmp_path / "ckpt"))
     assert train_classifier.main([*args, "--stop-after-epochs", "2"]) == 0
     assert not (tmp_path / "model.pt").exists()
@@ -132,20 +133,20 @@ def test_interrupted_run_resumes_to_the_same_weights(manifests: tuple[Path, Path
     assert checkpoint["epoch"] == 2 and checkpoint["step"] == 6
 
     assert train_classifier.main(args) == 0
-    assert "resuming from" in (tmp_path / "train.log").read_text()
+    assert "resuming from" in caplog.text
     assert _same_weights(tmp_path / "model.pt", reference_run / "model.pt")
     with (tmp_path / "metrics.csv").open() as handle:
         assert [r["epoch"] for r in csv.DictReader(handle)] == ["1", "2", "3", "4"]
 
 
 def test_checkpoint_of_other_settings_is_not_resumed(manifests: tuple[Path, Path], reference_run: Path,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     ckpt = ["--checkpoint-dir", str(tmp_path / "ckpt")]
     other = _args(manifests, tmp_path, 4, *ckpt, "--stop-after-epochs", "1")
     other[other.index("--lr") + 1] = "0.02"
     assert train_classifier.main(other) == 0
     assert train_classifier.main(_args(manifests, tmp_path, 4, *ckpt)) == 0
-    log_text = (tmp_path / "train.log").read_text()
+    log_text = caplog.text
     assert "other settings (differing: lr)" in log_text and "starting fresh" in log_text
     assert _same_weights(tmp_path / "model.pt", reference_run / "model.pt")
 

@@ -20,7 +20,7 @@ dCRF over 0..K; label = that class; salient but no class → 255; neither → 0.
 
 Example::
 
-    python -m wsss_steps.affinity_labels --seeds results/synth/seeds/cam/cam/maps.h5 \\
+    python -m wsss_steps.affinity_labels --seeds results/synth/seeds/cam/cam/maps.h5 \
         --manifest results/synth/data/train.csv --shard 0 --num-shards 2 --out shard-0-of-2.h5
 """
 
@@ -33,72 +33,19 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from wsss_steps.crf import IRN_CRF, CrfSettings, crf_from_labels
-from wsss_steps.datasets import ImageRecord, read_manifest
-from wsss_steps.image_io import IGNORE_LABEL, read_image
-from wsss_steps.logs import setup_logging
-from wsss_steps.map_shards import write_map_shard
-from wsss_steps.map_store import MapReader
+from wsss_steps.cli import setup_logging, step_parser
+from wsss_steps.data.manifest import ImageRecord, read_manifest
+from wsss_steps.methods.affinity import STAGE, saliency_labels, two_threshold_labels
+from wsss_steps.methods.crf import IRN_CRF
+from wsss_steps.store.images import read_image
+from wsss_steps.store.maps import MapReader
+from wsss_steps.store.shards import write_map_shard
 
-log = logging.getLogger("wsss_steps.affinity_labels")
-
-STAGE = "affinity_labels"
-
-
-def _refine(image: np.ndarray, compact: np.ndarray, num_labels: int, crf: CrfSettings | None) -> np.ndarray:
-    return compact.astype(np.int64) if crf is None else crf_from_labels(image, compact, num_labels, crf)
-
-
-def padded_argmax(cam: np.ndarray, background: float) -> np.ndarray:
-    """Compact labels (H, W): 0 where no seed beats ``background`` (ties too), else 1 + argmax."""
-    padded = np.concatenate([np.full((1, *cam.shape[1:]), background, dtype=cam.dtype), cam])
-    return np.argmax(padded, axis=0)
-
-
-def _check(image: np.ndarray, cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    cam = np.asarray(cam, dtype=np.float32)
-    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
-    if cam.ndim != 3 or cam.shape[0] != keys.size:
-        raise ValueError(f"seed maps must be (K, H, W) with K = {keys.size} keys, not {cam.shape}")
-    if image.shape[:2] != cam.shape[1:]:
-        raise ValueError(f"image is {image.shape[:2]}, seed maps are {cam.shape[1:]}")
-    return cam, np.r_[0, keys + 1]
-
-
-def two_threshold_labels(image: np.ndarray, cam: np.ndarray, keys: np.ndarray, conf_fg: float = 0.30,
-                         conf_bg: float = 0.05, crf: CrfSettings | None = IRN_CRF) -> np.ndarray:
-    """IRN's affinity labels (H, W) uint8 of an RGB uint8 image and its seeds (K, H, W).
-
-    ``crf`` None skips the dCRF (not IRN; for tests and ablations).
-    """
-    cam, lut = _check(image, cam, keys)
-    fg = lut[_refine(image, padded_argmax(cam, conf_fg), lut.size, crf)]
-    bg = lut[_refine(image, padded_argmax(cam, conf_bg), lut.size, crf)]
-    label = fg.copy()
-    label[fg == 0] = IGNORE_LABEL
-    label[(fg == 0) & (bg == 0)] = 0
-    return label.astype(np.uint8)
-
-
-def saliency_labels(image: np.ndarray, cam: np.ndarray, keys: np.ndarray, saliency: np.ndarray,
-                    sal_bg_threshold: float = 0.10, sal_fg_threshold: float = 0.40,
-                    crf: CrfSettings | None = IRN_CRF) -> np.ndarray:
-    """P-NOC's saliency-aware affinity labels (H, W) uint8 (module docstring)."""
-    cam, lut = _check(image, cam, keys)
-    saliency = np.asarray(saliency, dtype=np.float32)
-    if saliency.shape != cam.shape[1:]:
-        raise ValueError(f"saliency map is {saliency.shape}, seed maps are {cam.shape[1:]}")
-    salient = _refine(image, (saliency > sal_bg_threshold).astype(np.int64), 2, crf)
-    fg = lut[_refine(image, salient * padded_argmax(cam, sal_fg_threshold), lut.size, crf)]
-    label = fg.copy()
-    label[fg == 0] = IGNORE_LABEL
-    label[(fg == 0) & (salient == 0)] = 0
-    return label.astype(np.uint8)
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m wsss_steps.affinity_labels", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = step_parser(__name__, __doc__)
     parser.add_argument("--seeds", required=True, help="merged seed map file (cam + keys per image)")
     parser.add_argument("--manifest", required=True, help="split manifest CSV written by prepare_data")
     parser.add_argument("--out", required=True, help="output shard file (.h5)")
@@ -119,13 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crf-iterations", type=int, default=IRN_CRF.iterations)
     parser.add_argument("--crf-gt-prob", type=float, default=IRN_CRF.gt_prob)
     parser.add_argument("--method", help="method name stored in the file (default: irn or pnoc_saliency)")
-    parser.add_argument("--log", help="log file (default: stderr only)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log)
+    setup_logging()
     if not 0 <= args.conf_bg <= args.conf_fg:
         raise SystemExit(f"affinity_labels: need 0 <= --conf-bg <= --conf-fg, got {args.conf_bg}, {args.conf_fg}")
     crf = dataclasses.replace(IRN_CRF, iterations=args.crf_iterations, gt_prob=args.crf_gt_prob) \

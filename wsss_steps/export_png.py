@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss_steps.datasets import Manifest, read_manifest
-from wsss_steps.image_io import write_label_mask
-from wsss_steps.logs import setup_logging
-from wsss_steps.map_store import MapReader
+from wsss_steps.cli import setup_logging, step_parser
+from wsss_steps.data.manifest import Manifest, read_manifest
+from wsss_steps.store.images import write_label_mask
+from wsss_steps.store.maps import MapReader
 
 log = logging.getLogger("wsss_steps.export_png")
 
@@ -44,14 +44,17 @@ def export_label_maps(manifest: Manifest, maps_path: str | Path, map_name: str, 
     return len(manifest.records)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wsss_steps.export_png", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = step_parser(__name__, __doc__)
     parser.add_argument("--maps", required=True, type=Path, help="HDF5 map file holding label maps")
     parser.add_argument("--map-name", default="mask", help="dataset of each image group (default: %(default)s)")
     parser.add_argument("--manifest", required=True, type=Path, help="split manifest CSV")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logging()
     count = export_label_maps(read_manifest(args.manifest), args.maps, args.map_name, args.out)
     log.info("wrote %d PNGs to %s", count, args.out)

@@ -16,15 +16,15 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from wsss_steps.datasets import build_manifest, open_dataset, write_manifest
-from wsss_steps.logs import setup_logging
+from wsss_steps.cli import setup_logging, step_parser
+from wsss_steps.data.adapters import build_manifest, open_dataset
+from wsss_steps.data.manifest import write_manifest
 
 log = logging.getLogger("wsss_steps.prepare_data")
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m wsss_steps.prepare_data", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> argparse.ArgumentParser:
+    parser = step_parser(__name__, __doc__)
     parser.add_argument("--kind", required=True, choices=["generated", "custom", "voc2012"])
     parser.add_argument("--root", required=True, help="dataset root folder")
     parser.add_argument("--name", required=True, help="dataset name used in results/")
@@ -35,14 +35,19 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="voc2012: image-level labels from the masks (as IRN) or from Annotations/")
     parser.add_argument("--require-masks", action="store_true",
                         help="every image must have a ground-truth mask (evaluation splits)")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     setup_logging()
     dataset = open_dataset({"kind": args.kind, "root": args.root, "name": args.name,
                             "labels_csv": args.labels_csv, "label_source": args.label_source})
     manifest = build_manifest(dataset, args.split, require_masks=args.require_masks)
     path = write_manifest(manifest, args.out_dir)
     log.info("%s: %d images, %d classes → %s", args.split, len(manifest.records), manifest.num_classes, path)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -14,7 +14,7 @@ writes each mask as a VOC palette PNG.
 
 Example::
 
-    python -m wsss_steps.pseudo_masks --maps results/synth/random_walk/cam/cam/maps.h5 \\
+    python -m wsss_steps.pseudo_masks --maps results/synth/random_walk/cam/cam/maps.h5 \
         --manifest results/synth/data/train.csv --out masks.h5 --crf --export-png masks_png
 """
 
@@ -28,42 +28,19 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss_steps.crf import IRN_CRF, CrfSettings, crf_from_labels
-from wsss_steps.datasets import ImageRecord, read_manifest
-from wsss_steps.image_io import read_image, write_label_mask
-from wsss_steps.logs import setup_logging
-from wsss_steps.map_shards import write_map_shard
-from wsss_steps.map_store import MapReader
-from wsss_steps.random_walk import labels_at_threshold
+from wsss_steps.cli import setup_logging, step_parser
+from wsss_steps.data.manifest import ImageRecord, read_manifest
+from wsss_steps.methods.labels import labels_at_threshold
+from wsss_steps.methods.pseudo_masks import PNOC_CRF, STAGE, one_hot, refine_mask
+from wsss_steps.store.images import read_image, write_label_mask
+from wsss_steps.store.maps import MapReader
+from wsss_steps.store.shards import write_map_shard
 
-log = logging.getLogger("wsss_steps.pseudo_masks")
-
-STAGE = "pseudo_masks"
-PNOC_CRF = dataclasses.replace(IRN_CRF, iterations=1, gt_prob=0.9)
-
-
-def refine_mask(image: np.ndarray, mask: np.ndarray, keys: np.ndarray, crf: CrfSettings = PNOC_CRF) -> np.ndarray:
-    """dCRF of a mask (H, W) (mask numbering) on the compact labels 0..K; returns mask numbering."""
-    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
-    lut = np.r_[0, keys + 1]
-    compact_of = np.full(256, -1, dtype=np.int64)
-    compact_of[lut] = np.arange(lut.size)
-    compact = compact_of[mask]
-    if (compact < 0).any():
-        raise ValueError(f"mask holds values {np.unique(mask[compact < 0]).tolist()} outside background "
-                         f"and its keys {keys.tolist()}")
-    return lut[crf_from_labels(image, compact, lut.size, crf)].astype(np.uint8)
-
-
-def one_hot(mask: np.ndarray, keys: np.ndarray) -> np.ndarray:
-    """(K, H, W) uint8: 1 where ``mask`` equals key + 1."""
-    keys = np.asarray(keys, dtype=np.int64).reshape(-1)
-    return (mask[None] == (keys + 1)[:, None, None]).astype(np.uint8)
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m wsss_steps.pseudo_masks", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = step_parser(__name__, __doc__)
     parser.add_argument("--maps", required=True, help="merged random-walk map file (cam, keys, pseudo_label)")
     parser.add_argument("--manifest", required=True, help="split manifest CSV written by prepare_data")
     parser.add_argument("--out", required=True, help="output file (.h5; a shard file with --num-shards > 1)")
@@ -77,13 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crf-gt-prob", type=float, default=PNOC_CRF.gt_prob, help="(default: %(default)s)")
     parser.add_argument("--export-png", type=Path, metavar="DIR", help="also write DIR/<id>.png (VOC palette)")
     parser.add_argument("--method", help="method name stored in the file (default: the walk's)")
-    parser.add_argument("--log", help="log file (default: stderr only)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log)
+    setup_logging()
     crf = dataclasses.replace(PNOC_CRF, iterations=args.crf_iterations, gt_prob=args.crf_gt_prob) \
         if args.crf else None
     manifest = read_manifest(args.manifest)

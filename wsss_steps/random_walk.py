@@ -38,8 +38,8 @@ relation network would reach from the same seeds (README, "Pseudo masks"); a dia
 
 Example::
 
-    python -m wsss_steps.random_walk --relation results/synth/relation/cam/cam/model.pt \\
-        --seeds results/synth/seeds/cam/cam/maps.h5 --manifest results/synth/data/train.csv \\
+    python -m wsss_steps.random_walk --relation results/synth/relation/cam/cam/model.pt \
+        --seeds results/synth/seeds/cam/cam/maps.h5 --manifest results/synth/data/train.csv \
         --shard 0 --num-shards 2 --out shard-0-of-2.h5
 """
 
@@ -47,151 +47,35 @@ from __future__ import annotations
 
 import argparse
 import logging
-import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from wsss_steps.datasets import ImageRecord, read_manifest
-from wsss_steps.evaluate_seeds import read_ground_truth
-from wsss_steps.image_io import IGNORE_LABEL, read_image
-from wsss_steps.logs import setup_logging
-from wsss_steps.map_shards import write_map_shard
-from wsss_steps.map_store import MapReader
-from wsss_steps.networks.relation import (
-    PathIndex,
-    boundary_map,
-    boundary_to_affinity,
-    destination_valid,
-    load_relation,
-    path_index,
+from wsss_steps.cli import setup_logging, step_parser
+from wsss_steps.data.manifest import ImageRecord, read_manifest
+from wsss_steps.evaluation.masks import read_ground_truth
+from wsss_steps.methods.labels import labels_at_threshold
+from wsss_steps.methods.random_walk import (
+    DTYPES,
+    STAGE,
+    ground_truth_boundary,
+    propagate_seeds,
 )
-from wsss_steps.preprocess import image_to_tensor, resolve_device
+from wsss_steps.networks.inputs import image_to_tensor, resolve_device
+from wsss_steps.networks.relation import (
+    boundary_map,
+    load_relation,
+)
+from wsss_steps.store.images import read_image
+from wsss_steps.store.maps import MapReader
+from wsss_steps.store.shards import write_map_shard
 
-log = logging.getLogger("wsss_steps.random_walk")
-
-STAGE = "random_walk"
-DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _pairs(boundary: torch.Tensor, index: PathIndex) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(sources, destinations, affinities) of the in-map pairs of a boundary map (h, w)."""
-    height, width = boundary.shape
-    affinity = boundary_to_affinity(boundary[None], index)[0]  # (D, h, w)
-    valid = destination_valid(height, width, index, boundary.device)
-    source = torch.arange(height * width, device=boundary.device).view(1, height, width)
-    d = torch.as_tensor(index.directions, device=boundary.device)
-    destination = source + (d[:, 0] * width + d[:, 1]).view(-1, 1, 1)
-    source = source.expand_as(destination)
-    return source[valid], destination[valid], affinity[valid]
-
-
-def transition_matrix(boundary: torch.Tensor, radius: int = 5, beta: float = 10.0) -> torch.Tensor:
-    """P = D⁻¹ A^β as a sparse CSR matrix (N, N) of a boundary map (h, w); rows sum to 1."""
-    if boundary.ndim != 2:
-        raise ValueError(f"boundary must be (h, w), not {tuple(boundary.shape)}")
-    count = boundary.numel()
-    source, destination, affinity = _pairs(boundary, path_index(radius))
-    diagonal = torch.arange(count, device=boundary.device)
-    weights = affinity.clamp_min(0) ** beta
-    rows = torch.cat([source, destination, diagonal])
-    cols = torch.cat([destination, source, diagonal])
-    values = torch.cat([weights, weights, torch.ones(count, dtype=boundary.dtype, device=boundary.device)])
-    degree = torch.zeros(count, dtype=boundary.dtype, device=boundary.device).index_add_(0, rows, values)
-    matrix = torch.sparse_coo_tensor(torch.stack([rows, cols]), values / degree[rows], (count, count),
-                                     check_invariants=False)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return matrix.coalesce().to_sparse_csr()
-
-
-def random_walk(seeds: torch.Tensor, boundary: torch.Tensor, radius: int = 5, beta: float = 10.0,
-                exp_times: int = 8) -> torch.Tensor:
-    """IRN's propagation of seeds (K, h, w) on a boundary map (h, w): (K, h, w), never dense.
-
-    Equals ``dense_random_walk`` (module docstring); computes in the dtype of ``boundary``.
-    """
-    if seeds.ndim != 3 or seeds.shape[1:] != boundary.shape:
-        raise ValueError(f"seeds {tuple(seeds.shape)} must be (K, h, w) on the boundary's grid {tuple(boundary.shape)}")
-    num_maps, height, width = seeds.shape
-    if num_maps == 0:
-        return seeds.to(boundary.dtype)
-    matrix = transition_matrix(boundary, radius, beta)
-    scores = (seeds.to(boundary.dtype) * (1 - boundary)).reshape(num_maps, -1).T.contiguous()
-    for _ in range(2 ** exp_times):
-        scores = matrix @ scores
-    return scores.T.reshape(num_maps, height, width)
-
-
-def dense_random_walk(seeds: torch.Tensor, boundary: torch.Tensor, radius: int = 5, beta: float = 10.0,
-                      exp_times: int = 8) -> torch.Tensor:
-    """The reference: IRN's dense computation (N × N transition matrix squared ``exp_times`` times).
-
-    Memory N² and time O(exp_times · N³): for tests and benchmarks on small maps only.
-    """
-    num_maps, height, width = seeds.shape
-    count = height * width
-    source, destination, affinity = _pairs(boundary, path_index(radius))
-    dense = torch.eye(count, dtype=boundary.dtype, device=boundary.device)
-    dense[source, destination] = affinity
-    dense[destination, source] = affinity
-    dense = dense ** beta
-    transition = dense / dense.sum(dim=0, keepdim=True)
-    del dense
-    for _ in range(exp_times):
-        transition = transition @ transition
-    x = (seeds.to(boundary.dtype) * (1 - boundary)).reshape(num_maps, count)
-    return (x @ transition).reshape(num_maps, height, width)
-
-
-def ground_truth_boundary(mask: np.ndarray, grid: tuple[int, int]) -> torch.Tensor:
-    """A perfect boundary map (h, w) from a ground-truth mask (H, W): 1 in every stride-4 cell
-    holding a void pixel (255: VOC's band along instance outlines) or a change of label, else 0.
-
-    Diagnostic only (``--boundary ground-truth``): the walk from the seeds on it is the ceiling a
-    perfect relation network could reach with those seeds, which separates the seeds' errors from
-    the boundary map's.
-    """
-    labels = torch.as_tensor(np.asarray(mask, dtype=np.int64))
-    edge = labels == IGNORE_LABEL
-    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    edge[1:] |= labels[1:] != labels[:-1]
-    height, width = grid
-    padded = F.pad(edge[None, None].float(), (0, 4 * width - edge.shape[1], 0, 4 * height - edge.shape[0]))
-    return F.max_pool2d(padded, 4)[0, 0]
-
-
-def upsample_normalize(scores: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Stride-4 scores (K, h, w) → ×4 bilinear, cropped to (K, H, W), divided by the global max."""
-    if scores.shape[0] == 0:
-        return scores.new_zeros((0, height, width))
-    up = F.interpolate(scores[None], scale_factor=4, mode="bilinear", align_corners=False)[0, :, :height, :width]
-    peak = up.max()
-    return up / peak if peak > 0 else up
-
-
-def labels_at_threshold(scores: np.ndarray, keys: np.ndarray, threshold: float) -> np.ndarray:
-    """(H, W) uint8 in mask numbering: argmax of [threshold, scores] (ties → background)."""
-    lut = np.r_[0, np.asarray(keys, dtype=np.int64).reshape(-1) + 1]
-    padded = np.concatenate([np.full((1, *scores.shape[1:]), threshold, dtype=scores.dtype), scores])
-    return lut[np.argmax(padded, axis=0)].astype(np.uint8)
-
-
-def propagate_seeds(seeds_stride4: np.ndarray, boundary: torch.Tensor, height: int, width: int,
-                    radius: int = 5, beta: float = 10.0, exp_times: int = 8, power: float = 1.0,
-                    dtype: torch.dtype = torch.float64) -> np.ndarray:
-    """The whole walk of one image: seeds^power, walk, ×4, crop, / max → float32 (K, H, W)."""
-    seeds = torch.as_tensor(np.asarray(seeds_stride4, dtype=np.float64), device=boundary.device)
-    seeds = seeds.clamp_min(0) ** power
-    scores = random_walk(seeds.to(dtype), boundary.to(dtype), radius, beta, exp_times)
-    return upsample_normalize(scores, height, width).float().cpu().numpy()
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m wsss_steps.random_walk", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = step_parser(__name__, __doc__)
     parser.add_argument("--relation", help="trained relation network (train_relation's model.pt)")
     parser.add_argument("--boundary", choices=("relation", "ground-truth"), default="relation",
                         help="boundary map: the relation network's (default), or, as a diagnostic, one drawn "
@@ -215,13 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--method", help="method name stored in the file (default: the seeds' method)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    parser.add_argument("--log", help="log file (default: stderr only)")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log)
+    setup_logging()
     torch.set_num_threads(args.threads)
     if args.exp_times < 0 or args.radius < 2 or args.beta <= 0 or args.seed_power <= 0:
         raise SystemExit("random_walk: need --exp-times >= 0, --radius >= 2, --beta > 0, --seed-power > 0")

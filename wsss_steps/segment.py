@@ -13,101 +13,65 @@ them as VOC palette PNGs (what the PASCAL VOC evaluation server accepts).
 
 Example::
 
-    python -m wsss_steps.segment --model results/synth/segmentation/cam/cam/model.pt \\
+    python -m wsss_steps.segment --model results/synth/segmentation/cam/cam/model.pt \
         --manifest results/synth/data/val.csv --out predictions.h5 --scales 0.75 1.0 1.25
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
-from wsss_steps.cams import resize_batch
-from wsss_steps.crf import DEEPLAB_CRF, crf_from_probs
-from wsss_steps.datasets import ImageRecord, read_manifest
-from wsss_steps.image_io import read_image
-from wsss_steps.logs import setup_logging
-from wsss_steps.map_shards import write_map_shard
-from wsss_steps.networks.segmentation import SegmentationNet, load_segmentation
-from wsss_steps.preprocess import image_to_tensor, resolve_device
+from wsss_steps.cli import (
+    add_run_arguments,
+    add_shard_arguments,
+    check_shard,
+    start_run,
+    step_parser,
+)
+from wsss_steps.data.manifest import ImageRecord, read_manifest, spread_ids
+from wsss_steps.methods.segmentation import DEFAULT_SCALES, STAGE, predict_image
+from wsss_steps.networks.segmentation import load_segmentation
+from wsss_steps.store.images import read_image
+from wsss_steps.store.shards import write_map_shard
 
-log = logging.getLogger("wsss_steps.segment")
-
-STAGE = "segmentation"
-DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # METHODS §6
-
-
-@torch.no_grad()
-def predict_probs(model: SegmentationNet, image: torch.Tensor, scales: Sequence[float] = DEFAULT_SCALES,
-                  flip: bool = True) -> np.ndarray:
-    """Label probabilities (L, H, W) float32 of one normalised image (1, 3, H, W), averaged over
-    scales and flips. The model must be in eval mode."""
-    if image.ndim != 4 or image.shape[0] != 1:
-        raise ValueError(f"image must be (1, 3, H, W), not {tuple(image.shape)}")
-    if not scales:
-        raise ValueError("at least one scale is needed")
-    height, width = image.shape[-2:]
-    total = torch.zeros((model.num_labels, height, width), dtype=torch.float32, device=image.device)
-    count = 0
-    for scale in scales:
-        batch = resize_batch(image, scale)
-        if flip:
-            batch = torch.cat([batch, batch.flip(-1)])
-        logits = model(batch).float()
-        if flip:
-            logits = torch.stack([logits[0], logits[1].flip(-1)])
-        logits = F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-        total += torch.softmax(logits, dim=1).sum(dim=0)
-        count += logits.shape[0]
-    return (total / count).cpu().numpy()
-
-
-def predict_image(model: SegmentationNet, image: np.ndarray, device: torch.device | str,
-                  scales: Sequence[float] = DEFAULT_SCALES, flip: bool = True,
-                  crf: bool = True) -> dict[str, np.ndarray]:
-    """``mask`` (and with ``crf`` ``mask_crf``) (H, W) uint8 of an RGB uint8 image (H, W, 3)."""
-    probs = predict_probs(model, image_to_tensor(image, device), scales, flip)
-    out = {"mask": np.argmax(probs, axis=0).astype(np.uint8)}
-    if crf:
-        out["mask_crf"] = np.argmax(crf_from_probs(image, probs, DEEPLAB_CRF), axis=0).astype(np.uint8)
-    return out
+log = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m wsss_steps.segment", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, type=Path, help="trained segmentation network (.pt)")
-    parser.add_argument("--manifest", required=True, type=Path, help="split manifest CSV (e.g. val or test)")
-    parser.add_argument("--out", required=True, type=Path, help="output HDF5 file (a shard with --num-shards > 1)")
-    parser.add_argument("--shard", type=int, default=0, help="0-based shard index")
-    parser.add_argument("--num-shards", type=int, default=1)
+    parser = step_parser(__name__, __doc__)
+    files = add_shard_arguments(parser, "output HDF5 file (a shard with --num-shards > 1)")
+    files.add_argument("--model", required=True, type=Path, help="trained segmentation network (.pt)")
+    files.add_argument("--gallery", type=int, metavar="N",
+                       help="only the report gallery's N images of the manifest (spread over the split), "
+                       "all into --out")
     parser.add_argument("--scales", type=float, nargs="+", default=list(DEFAULT_SCALES),
                         help="test scales (default: 0.5 0.75 1.0 1.25 1.5)")
     parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="(default: yes)")
     parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
                         help="also store the dCRF-refined prediction mask_crf (default: yes)")
     parser.add_argument("--method", default="", help="method name stored in the file (default: the model's)")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
-    parser.add_argument("--log", type=Path, help="also log to this file")
+    add_run_arguments(parser)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    setup_logging(args.log)
+    check_shard(args, "segment")
     if any(s <= 0 for s in args.scales):
         raise SystemExit(f"segment: scales must be > 0, not {args.scales}")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    if args.gallery is not None and (args.gallery < 1 or args.num_shards != 1):
+        raise SystemExit("segment: --gallery needs N ≥ 1 and one shard")
+    device = start_run(args)
     manifest = read_manifest(args.manifest)
+    if args.gallery is not None:
+        ids = set(spread_ids(manifest.ids, args.gallery))
+        manifest = dataclasses.replace(manifest, records=[r for r in manifest.records if r.image_id in ids])
     model, meta = load_segmentation(args.model, device)
     if tuple(meta.get("class_names", manifest.class_names)) != manifest.class_names:
         raise SystemExit(f"segment: {args.model} was trained on classes {meta['class_names']}, "

@@ -1,15 +1,15 @@
-"""Trains the CAM classifier (METHODS §1; variant ``cam``).
+"""Trains a CAM classifier (METHODS §1; ``--variant``: `wsss_steps.training.classification`).
 
 Multi-label soft-margin loss on GAP logits; SGD with momentum 0.9, the 1×1 classifier head at
 ``--head-lr-mult`` × the learning rate, weight decay, poly decay (power 0.9) over all steps
 (IRN: lr_t = lr · (1 − t/T)^0.9, applied before step t). Augmentation: random resize of the long
-side, flip, normalisation, random crop (`wsss_steps.augment`).
+side, flip, normalisation, random crop (`wsss_steps.training.augment`).
 
 Determinism: with the same settings on the CPU the weights are bitwise the same. The epoch order
 and every sample's augmentation are derived from (seed, epoch, index), never from a running RNG
 state, so a resumed run continues exactly as an uninterrupted one would.
 
-Resume: with ``--checkpoint-dir``, ``last.pt`` there is written every ``--checkpoint-every``
+The loop (seeding, schedule, checkpoints) is `wsss_steps.training.loop`. Resume: with ``--checkpoint-dir``, ``last.pt`` there is written every ``--checkpoint-every``
 epochs and after the last one; on start, a ``last.pt`` written with the same settings (hash of
 everything that shapes the weights) is continued; any other is ignored and training starts over.
 
@@ -24,82 +24,49 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import math
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from wsss_steps.augment import TrainAugmentation, epoch_permutation, epoch_torch_seed, sample_rng
-from wsss_steps.datasets import Manifest, read_manifest
-from wsss_steps.image_io import read_image
-from wsss_steps.logs import setup_logging
+from wsss_steps.cli import (
+    add_checkpoint_arguments,
+    add_run_arguments,
+    check_checkpoint,
+    start_run,
+    step_parser,
+)
+from wsss_steps.data.manifest import Manifest, read_manifest
 from wsss_steps.networks.backbones import BACKBONES, OUTPUT_STRIDES, build_backbone
 from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.io import save_classifier
-from wsss_steps.preprocess import normalize_image, resolve_device
-from wsss_steps.training import (
-    POLY_POWER,
-    add_checkpoint_arguments,
-    add_run_arguments,
-    close_epoch,
-    poly_lr_factor,
-    resume_training,
-    seed_worker,
+from wsss_steps.training.augment import TrainAugmentation
+from wsss_steps.training.classification import (
+    CLASSIFIER_VARIANTS,
+    ClassificationDataset,
+    evaluate_classifier,
+    format_metric,
+)
+from wsss_steps.training.loop import (
+    LoopSettings,
+    Trainee,
     set_bn_frozen,
-    settings_hash,
+    steps_per_epoch,
+    train,
     write_csv,
 )
+from wsss_steps.training.schedules import POLY_POWER
 
-log = logging.getLogger("wsss_steps.train_classifier")
+log = logging.getLogger(__name__)
 
-VARIANTS: tuple[str, ...] = ("cam",)
 MOMENTUM = 0.9
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_map", "seconds")
 SUMMARY_COLUMNS = ("dataset", "stage", "method", "classifier", "split", "metric", "value")
 
 
-class ClassificationDataset(Dataset):
-    """Images of a manifest with their label vectors.
-
-    With an augmentation, sample ``index`` of epoch ``e`` (set by `set_epoch`) is augmented with
-    ``sample_rng(seed, e, index)``; without one, the whole image is only normalised.
-    Items: (image float32 (3, H, W), labels float32 (C,), index).
-    """
-
-    def __init__(self, manifest: Manifest, augmentation: TrainAugmentation | None = None, seed: int = 0):
-        self.manifest = manifest
-        self.augmentation = augmentation
-        self.seed = seed
-        self.epoch = 0
-        self.labels = manifest.label_matrix().astype(np.float32)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.manifest.records)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        image = read_image(self.manifest.records[index].image_path)
-        if self.augmentation is None:
-            array = normalize_image(image)
-        else:
-            array = self.augmentation(image, sample_rng(self.seed, self.epoch, index))["image"]
-        return torch.from_numpy(array), torch.from_numpy(self.labels[index]), index
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m wsss_steps.train_classifier",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = step_parser(__name__, __doc__)
     io = parser.add_argument_group("files")
     io.add_argument("--manifest", required=True, type=Path, help="training split manifest CSV")
     io.add_argument("--val-manifest", type=Path, help="validation split manifest CSV (mAP per epoch)")
@@ -107,9 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--metrics", type=Path, help="CSV with one row per epoch")
     io.add_argument("--summary", type=Path,
                     help="long-form CSV rows of the final val mAP and per-class AP (needs --val-manifest)")
-    add_checkpoint_arguments(io)
     net = parser.add_argument_group("network")
-    net.add_argument("--variant", choices=VARIANTS, default="cam", help="training variant (default: %(default)s)")
+    net.add_argument("--variant", choices=sorted(CLASSIFIER_VARIANTS), default="cam", help="training variant (default: %(default)s)")
     net.add_argument("--backbone", choices=BACKBONES, default="small_resnet", help="(default: %(default)s)")
     net.add_argument("--backbone-weights", type=Path,
                      help="local ImageNet state-dict file (resnets: default the torchvision cache; "
@@ -135,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="square crop size, zero-padded where the image is smaller (default: %(default)s)")
     train.add_argument("--seed", type=int, default=0,
                        help="seeds the init, epoch order and augmentation (default: %(default)s)")
-    run = add_run_arguments(parser)
+    add_checkpoint_arguments(parser)
+    run = add_run_arguments(parser, training=True)
     run.add_argument("--name", default="cam", help="classifier name for the summary rows (default: %(default)s)")
     run.add_argument("--dataset", default="", help="dataset name (default: from the manifest)")
     return parser
@@ -153,10 +120,7 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
         problems.append(f"--epochs must be ≥ 1, not {args.epochs}")
     if args.batch_size < 1:
         problems.append(f"--batch-size must be ≥ 1, not {args.batch_size}")
-    if args.checkpoint_every < 1:
-        problems.append(f"--checkpoint-every must be ≥ 1, not {args.checkpoint_every}")
-    if args.stop_after_epochs is not None and (args.stop_after_epochs < 1 or args.checkpoint_dir is None):
-        problems.append("--stop-after-epochs needs a value ≥ 1 and --checkpoint-dir")
+    problems += check_checkpoint(args)
     if args.summary and not args.val_manifest:
         problems.append("--summary needs --val-manifest")
     if args.seed < 0:
@@ -184,63 +148,16 @@ def training_settings(args: argparse.Namespace, manifest: Manifest) -> dict[str,
         "train_images": len(manifest.records), "train_digest": digest.hexdigest(),
     }
 
-
-@torch.no_grad()
-def predict_logits(model: CamClassifier, dataset: ClassificationDataset, device: torch.device,
-                   batch_size: int, num_workers: int = 0) -> np.ndarray:
-    """Image-level logits (N, C) of whole, unaugmented images; consecutive same-size images share
-    a batch. The caller sets eval mode."""
-    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers)
-    logits = np.zeros((len(dataset), dataset.labels.shape[1]), dtype=np.float32)
-    pending: list[tuple[torch.Tensor, int]] = []
-
-    def flush() -> None:
-        images = torch.stack([image for image, _ in pending]).to(device)
-        out = model(images).float().cpu().numpy()
-        for row, (_, index) in zip(out, pending, strict=True):
-            logits[index] = row
-        pending.clear()
-
-    for image, _, index in loader:
-        if pending and (pending[0][0].shape != image.shape or len(pending) >= batch_size):
-            flush()
-        pending.append((image, int(index)))
-    if pending:
-        flush()
-    return logits
-
-
-def evaluate(model: CamClassifier, dataset: ClassificationDataset, device: torch.device,
-             batch_size: int, num_workers: int = 0) -> dict[str, Any]:
-    """Validation loss, mAP and per-class AP (NaN for classes without a positive image)."""
-    from wsss_steps.metrics import average_precision_per_class, mean_average_precision
-
-    logits = predict_logits(model, dataset, device, batch_size, num_workers)
-    targets = dataset.labels
-    loss = F.multilabel_soft_margin_loss(torch.from_numpy(logits), torch.from_numpy(targets)).item()
-    return {"loss": loss, "map": mean_average_precision(logits, targets),
-            "ap": average_precision_per_class(logits, targets)}
-
-
-def _format(value: float | None) -> str:
-    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _resolve_defaults(args)
-    setup_logging(args.log)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
-
+    device = start_run(args)
     train_manifest = read_manifest(args.manifest, args.dataset)
     dataset_name = args.dataset or train_manifest.dataset
     val_manifest = read_manifest(args.val_manifest, args.dataset) if args.val_manifest else None
     if val_manifest is not None and val_manifest.class_names != train_manifest.class_names:
         raise SystemExit(f"train_classifier: the class lists of {args.manifest} and {args.val_manifest} differ")
     settings = training_settings(args, train_manifest)
-    expected_hash = settings_hash(settings)
 
     torch.manual_seed(args.seed)
     backbone = build_backbone(args.backbone, args.backbone_weights, args.output_stride, args.pretrained)
@@ -250,83 +167,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     optimizer = torch.optim.SGD(
         [{"params": backbone_params, "lr": base_lrs[0]}, {"params": head_params, "lr": base_lrs[1]}],
         lr=args.lr, momentum=MOMENTUM, weight_decay=args.weight_decay)
-
+    variant = CLASSIFIER_VARIANTS[args.variant](settings)
     augmentation = TrainAugmentation(tuple(args.resize_long), args.crop, flip=True)
     train_set = ClassificationDataset(train_manifest, augmentation, args.seed)
     val_set = ClassificationDataset(val_manifest) if val_manifest is not None else None
-    num_images = len(train_set)
-    drop_last = num_images >= args.batch_size  # a last batch of 1 would break BatchNorm
-    steps_per_epoch = num_images // args.batch_size if drop_last else 1
-    total_steps = steps_per_epoch * args.epochs
-
-    checkpoint_path = args.checkpoint_dir / "last.pt" if args.checkpoint_dir else None
-    start_epoch, step, history = resume_training(checkpoint_path, expected_hash, settings, model, optimizer,
-                                                 args.epochs)
+    total_steps = steps_per_epoch(len(train_set), args.batch_size) * args.epochs
     log.info("training %s (%s, output stride %d, %s) on %d images of %s, %d classes, %d epochs of "
              "%d steps, device %s", args.variant, args.backbone, args.output_stride,
-             "ImageNet init" if args.pretrained else "random init", num_images, dataset_name,
-             train_manifest.num_classes, args.epochs, steps_per_epoch, device)
+             "ImageNet init" if args.pretrained else "random init", len(train_set), dataset_name,
+             train_manifest.num_classes, args.epochs, total_steps // args.epochs, device)
 
-    last_eval: dict[str, Any] | None = None
-    epochs_this_run = 0
-    for epoch in range(start_epoch, args.epochs):
-        started = time.perf_counter()
-        torch.manual_seed(epoch_torch_seed(args.seed, epoch))
-        train_set.set_epoch(epoch)
-        order = epoch_permutation(args.seed, epoch, num_images).tolist()
-        loader = DataLoader(
-            train_set, batch_size=args.batch_size, sampler=order, drop_last=drop_last,
-            num_workers=args.num_workers, worker_init_fn=seed_worker,
-            generator=torch.Generator().manual_seed(epoch_torch_seed(args.seed, epoch)),
-            pin_memory=device.type == "cuda")
+    def train_mode() -> None:
         model.train()
         if args.freeze_bn:
             set_bn_frozen(model)
-        loss_sum, batches = 0.0, 0
-        progress = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
-                        unit="batch", leave=False, mininterval=1.0)
-        for images, labels, _ in progress:
-            factor = poly_lr_factor(step, total_steps)
-            for group, base_lr in zip(optimizer.param_groups, base_lrs, strict=True):
-                group["lr"] = base_lr * factor
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            loss = F.multilabel_soft_margin_loss(model(images), labels)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            loss_sum += loss.item()
-            batches += 1
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        progress.close()
-        if not math.isfinite(loss_sum):
-            raise RuntimeError(f"training loss is not finite in epoch {epoch + 1}; lower --lr")
-        row: dict[str, Any] = {"epoch": epoch + 1, "step": step,
-                               "lr": f"{optimizer.param_groups[0]['lr']:.6g}",
-                               "train_loss": _format(loss_sum / max(batches, 1))}
-        if val_set is not None:
-            model.eval()
-            last_eval = evaluate(model, val_set, device, args.batch_size, args.num_workers)
-            row.update(val_loss=_format(last_eval["loss"]), val_map=_format(last_eval["map"]))
-        row["seconds"] = f"{time.perf_counter() - started:.2f}"
-        history.append(row)
-        log.info("epoch %d/%d: train loss %s, val loss %s, val mAP %s, lr %s, %s s", epoch + 1,
-                 args.epochs, row["train_loss"], row.get("val_loss", "-") or "-",
-                 row.get("val_map", "-") or "-", row["lr"], row["seconds"])
-        epochs_this_run += 1
-        if close_epoch(name="train_classifier", epoch=epoch, epochs=args.epochs, epochs_this_run=epochs_this_run,
-                       step=step, stop_after_epochs=args.stop_after_epochs, checkpoint_path=checkpoint_path,
-                       checkpoint_every=args.checkpoint_every, expected_hash=expected_hash, settings=settings,
-                       model=model, optimizer=optimizer, history=history,
-                       metrics_path=Path(args.metrics) if args.metrics else None, metric_columns=METRIC_COLUMNS):
-            return 0
 
+    def step(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], global_step: int
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        images, labels, _ = batch
+        return variant.loss(model, images.to(device, non_blocking=True), labels.to(device, non_blocking=True),
+                            global_step, total_steps)
+
+    def validate(epoch: int) -> dict[str, Any]:
+        model.eval()
+        result = evaluate_classifier(model, val_set, device, args.batch_size, args.num_workers)
+        return {"val_loss": format_metric(result["loss"]), "val_map": format_metric(result["map"]),
+                "result": result}
+
+    trainee = Trainee(model, optimizer, base_lrs, train_set, step, train_mode=train_mode,
+                      validate=validate if val_set is not None else None)
+    plan = LoopSettings(name="train_classifier", epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                        device=device, settings=settings, checkpoint_dir=args.checkpoint_dir,
+                        checkpoint_every=args.checkpoint_every, stop_after_epochs=args.stop_after_epochs,
+                        metrics_path=args.metrics, metric_columns=METRIC_COLUMNS, loss_column="train_loss",
+                        num_workers=args.num_workers)
+    outcome = train(trainee, plan)
+    if not outcome.finished:
+        return 0
     model.eval()
-    if val_set is not None and last_eval is None:
-        last_eval = evaluate(model, val_set, device, args.batch_size, args.num_workers)
-    if args.metrics:
-        write_csv(args.metrics, METRIC_COLUMNS, history)
+    last_eval = outcome.validation["result"] if outcome.validation is not None else None
+    if val_set is not None and last_eval is None:  # resumed after the last epoch
+        last_eval = evaluate_classifier(model, val_set, device, args.batch_size, args.num_workers)
     meta = {
         "variant": args.variant, "class_names": list(train_manifest.class_names),
         "dataset": dataset_name, "name": args.name, "training": settings, "epochs_trained": args.epochs,
@@ -334,8 +215,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     save_classifier(args.out, model.cpu(), meta)
     if args.summary and last_eval is not None:
-        rows = [{"metric": "map", "value": _format(last_eval["map"])}]
-        rows += [{"metric": f"ap/{name}", "value": _format(float(ap))}
+        rows = [{"metric": "map", "value": format_metric(last_eval["map"])}]
+        rows += [{"metric": f"ap/{name}", "value": format_metric(float(ap))}
                  for name, ap in zip(train_manifest.class_names, last_eval["ap"], strict=True)]
         for row in rows:
             row.update(dataset=dataset_name, stage="classifier", method=args.variant,
@@ -346,4 +227,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -39,23 +39,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import math
-import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
-from wsss_steps.augment import TrainAugmentation, epoch_permutation, epoch_torch_seed, sample_rng
-from wsss_steps.datasets import Manifest, read_manifest
-from wsss_steps.image_io import read_image
-from wsss_steps.logs import setup_logging
-from wsss_steps.map_store import MapReader
+from wsss_steps.cli import (
+    add_checkpoint_arguments,
+    add_run_arguments,
+    check_checkpoint,
+    start_run,
+    step_parser,
+)
+from wsss_steps.data.manifest import Manifest, read_manifest
 from wsss_steps.networks.backbones import BACKBONES, OUTPUT_STRIDES, Backbone, build_backbone
 from wsss_steps.networks.io import load_classifier
 from wsss_steps.networks.relation import (
@@ -65,89 +62,24 @@ from wsss_steps.networks.relation import (
     path_index,
     save_relation,
 )
-from wsss_steps.preprocess import resolve_device
-from wsss_steps.training import (
-    POLY_POWER,
-    add_checkpoint_arguments,
-    add_run_arguments,
-    close_epoch,
-    poly_lr_factor,
-    resume_training,
-    seed_worker,
-    settings_hash,
-    write_csv,
-)
+from wsss_steps.store.digests import file_digest
+from wsss_steps.training.loop import LoopSettings, Trainee, steps_per_epoch, train
+from wsss_steps.training.relation import RelationDataset, labels_digest
+from wsss_steps.training.schedules import POLY_POWER
 
 log = logging.getLogger("wsss_steps.train_relation")
 
-LABEL_MAP = "affinity_label"
 METRIC_COLUMNS = ("epoch", "step", "lr", "loss", "bg_pos", "fg_pos", "neg", "seconds")
 
 
-def file_digest(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with Path(path).open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
-def labels_digest(labels_path: str | Path, manifest: Manifest) -> str:
-    """Digest of every image's affinity labels, in manifest order (the labels' content, not paths)."""
-    digest = hashlib.sha256()
-    with MapReader(labels_path) as reader:
-        reader.require(manifest.ids)
-        for image_id in manifest.ids:
-            label = np.ascontiguousarray(reader.read(image_id, [LABEL_MAP])[LABEL_MAP])
-            digest.update(f"{image_id}\t{label.shape}\n".encode())
-            digest.update(label.tobytes())
-    return digest.hexdigest()
 
 
-class RelationDataset(Dataset):
-    """Augmented images and their stride-4 affinity labels; sample ``index`` of epoch ``e`` uses
-    ``sample_rng(seed, e, index)``. Items: (image float32 (3, crop, crop), label int64
-    (⌈crop/4⌉, ⌈crop/4⌉), index)."""
-
-    def __init__(self, manifest: Manifest, labels_path: str | Path, rescale: tuple[float, float],
-                 crop: int, seed: int = 0):
-        self.manifest = manifest
-        self.labels_path = Path(labels_path)
-        self.rescale = rescale
-        self.crop = crop
-        self.seed = seed
-        self.epoch = 0
-        self._reader: MapReader | None = None  # opened lazily: one handle per worker process
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.manifest.records)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        if self._reader is None:
-            self._reader = MapReader(self.labels_path)
-        record = self.manifest.records[index]
-        image = read_image(record.image_path)
-        label = self._reader.read(record.image_id, [LABEL_MAP])[LABEL_MAP]
-        if label.shape != image.shape[:2]:
-            raise ValueError(f"affinity labels of {record.image_id!r} in {self.labels_path} are "
-                             f"{label.shape}, the image is {image.shape[:2]}")
-        # IRN's random rescale of the image by s ∈ rescale is a random long side in
-        # [s_min·L, s_max·L]: the shared augmentation with that range.
-        long_side = max(image.shape[:2])
-        low = max(1, round(self.rescale[0] * long_side))
-        high = max(low, round(self.rescale[1] * long_side))
-        augment = TrainAugmentation((low, high), self.crop, flip=True)
-        out = augment(image, sample_rng(self.seed, self.epoch, index), label)
-        stride4 = np.ascontiguousarray(out["label"][::4, ::4]).astype(np.int64)
-        return torch.from_numpy(out["image"]), torch.from_numpy(stride4), index
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m wsss_steps.train_relation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = step_parser(__name__, __doc__)
     io = parser.add_argument_group("files")
     io.add_argument("--classifier", type=Path,
                     help="trained classifier: checks the class names; with --backbone classifier its "
@@ -156,7 +88,6 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--manifest", required=True, type=Path, help="training split manifest CSV")
     io.add_argument("--out", required=True, type=Path, help="the trained relation network (.pt)")
     io.add_argument("--metrics", type=Path, help="CSV with one row per epoch")
-    add_checkpoint_arguments(io)
     net = parser.add_argument_group("network")
     net.add_argument("--backbone", choices=("classifier", *[b for b in BACKBONES if b != "small_resnet"]),
                      default="resnet50",
@@ -180,22 +111,21 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--rescale", type=float, nargs=2, metavar=("MIN", "MAX"), default=(0.5, 1.5),
                        help="random image scale factor range (default: 0.5 1.5)")
     train.add_argument("--seed", type=int, default=0, help="seeds the init, epoch order and augmentation")
-    run = add_run_arguments(parser)
+    add_checkpoint_arguments(parser)
+    run = add_run_arguments(parser, training=True)
     run.add_argument("--dataset", default="", help="dataset name (default: from the manifest)")
     return parser
 
 
 def _check_args(args: argparse.Namespace) -> None:
-    problems = []
-    for name in ("epochs", "batch_size", "checkpoint_every", "crop", "width", "groups"):
+    problems = check_checkpoint(args)
+    for name in ("epochs", "batch_size", "crop", "width", "groups"):
         if getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be ≥ 1, not {getattr(args, name)}")
     if args.radius < 2:
         problems.append(f"--radius must be ≥ 2, not {args.radius}")
     if not 0 < args.rescale[0] <= args.rescale[1]:
         problems.append(f"--rescale needs 0 < MIN <= MAX, not {args.rescale}")
-    if args.stop_after_epochs is not None and (args.stop_after_epochs < 1 or args.checkpoint_dir is None):
-        problems.append("--stop-after-epochs needs a value ≥ 1 and --checkpoint-dir")
     if args.backbone == "classifier" and args.classifier is None:
         problems.append("--backbone classifier needs --classifier")
     if problems:
@@ -238,15 +168,11 @@ def training_settings(args: argparse.Namespace, manifest: Manifest, stages: Sequ
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
-    setup_logging(args.log)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = start_run(args)
     manifest = read_manifest(args.manifest, args.dataset)
     backbone, backbone_source = relation_backbone(args, manifest)
     stages = args.stages if args.stages is not None else list(range(len(backbone.stage_channels)))
     settings = training_settings(args, manifest, stages, backbone_source)
-    expected_hash = settings_hash(settings)
 
     torch.manual_seed(args.seed)
     model = RelationNet(backbone, stages, args.width, args.groups).to(device)
@@ -254,70 +180,29 @@ def main(argv: Sequence[str] | None = None) -> int:
                                 weight_decay=args.weight_decay)
     index = path_index(args.radius)
     dataset = RelationDataset(manifest, args.labels, tuple(args.rescale), args.crop, args.seed)
-    num_images = len(dataset)
-    drop_last = num_images >= args.batch_size
-    steps_per_epoch = num_images // args.batch_size if drop_last else 1
-    total_steps = steps_per_epoch * args.epochs
-
-    checkpoint_path = args.checkpoint_dir / "last.pt" if args.checkpoint_dir else None
-    start_epoch, step, history = resume_training(checkpoint_path, expected_hash, settings, model, optimizer,
-                                                 args.epochs)
     log.info("training the relation branch on %s stages %s of %d images, radius %d, %d epochs of %d "
-             "steps, device %s", backbone.name, stages, num_images, args.radius, args.epochs,
-             steps_per_epoch, device)
+             "steps, device %s", backbone.name, stages, len(dataset), args.radius, args.epochs,
+             steps_per_epoch(len(dataset), args.batch_size), device)
 
-    epochs_this_run = 0
-    for epoch in range(start_epoch, args.epochs):
-        started = time.perf_counter()
-        torch.manual_seed(epoch_torch_seed(args.seed, epoch))
-        dataset.set_epoch(epoch)
-        order = epoch_permutation(args.seed, epoch, num_images).tolist()
-        loader = DataLoader(dataset, batch_size=args.batch_size, sampler=order, drop_last=drop_last,
-                            num_workers=args.num_workers, worker_init_fn=seed_worker,
-                            generator=torch.Generator().manual_seed(epoch_torch_seed(args.seed, epoch)),
-                            pin_memory=device.type == "cuda")
-        model.train()
-        sums = {"loss": 0.0, "bg_pos": 0.0, "fg_pos": 0.0, "neg": 0.0}
-        batches = 0
-        progress = tqdm(loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{args.epochs}",
-                        unit="batch", leave=False, mininterval=1.0)
-        for images, labels, _ in progress:
-            for group in optimizer.param_groups:
-                group["lr"] = args.lr * poly_lr_factor(step, total_steps)
-            images = images.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            boundary = torch.sigmoid(model(images)[:, 0])
-            loss, parts = affinity_loss(boundary_to_affinity(boundary, index), labels, index)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-            batches += 1
-            sums["loss"] += loss.item()
-            for key in ("bg_pos", "fg_pos", "neg"):
-                sums[key] += parts[key]
-            progress.set_postfix(loss=f"{loss.item():.4f}")
-        progress.close()
-        if not math.isfinite(sums["loss"]):
-            raise RuntimeError(f"relation loss is not finite in epoch {epoch + 1}; lower --lr")
-        row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": f"{optimizer.param_groups[0]['lr']:.6g}"}
-        row.update({k: f"{v / max(batches, 1):.6g}" for k, v in sums.items()})
-        row["seconds"] = f"{time.perf_counter() - started:.2f}"
-        history.append(row)
-        log.info("epoch %d/%d: loss %s (bg_pos %s, fg_pos %s, neg %s), lr %s, %s s", epoch + 1, args.epochs,
-                 row["loss"], row["bg_pos"], row["fg_pos"], row["neg"], row["lr"], row["seconds"])
-        epochs_this_run += 1
-        if close_epoch(name="train_relation", epoch=epoch, epochs=args.epochs, epochs_this_run=epochs_this_run,
-                       step=step, stop_after_epochs=args.stop_after_epochs, checkpoint_path=checkpoint_path,
-                       checkpoint_every=args.checkpoint_every, expected_hash=expected_hash, settings=settings,
-                       model=model, optimizer=optimizer, history=history,
-                       metrics_path=Path(args.metrics) if args.metrics else None, metric_columns=METRIC_COLUMNS):
-            return 0
+    def step(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], global_step: int
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        images, labels, _ = batch
+        boundary = torch.sigmoid(model(images.to(device, non_blocking=True))[:, 0])
+        loss, parts = affinity_loss(boundary_to_affinity(boundary, index), labels.to(device, non_blocking=True),
+                                    index)
+        return loss, {key: parts[key] for key in ("bg_pos", "fg_pos", "neg")}
 
-    if args.metrics:
-        write_csv(args.metrics, METRIC_COLUMNS, history)
+    trainee = Trainee(model, optimizer, [args.lr], dataset, step)
+    plan = LoopSettings(name="train_relation", epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                        device=device, settings=settings, checkpoint_dir=args.checkpoint_dir,
+                        checkpoint_every=args.checkpoint_every, stop_after_epochs=args.stop_after_epochs,
+                        metrics_path=args.metrics, metric_columns=METRIC_COLUMNS, num_workers=args.num_workers)
+    outcome = train(trainee, plan)
+    if not outcome.finished:
+        return 0
+    history = outcome.history
     meta = {"class_names": list(manifest.class_names), "dataset": args.dataset or manifest.dataset,
-            "radius": args.radius, "training": settings, "settings_hash": expected_hash,
+            "radius": args.radius, "training": settings, "settings_hash": outcome.settings_hash,
             "epochs_trained": args.epochs, "final_loss": history[-1]["loss"] if history else None}
     save_relation(args.out, model.cpu().eval(), meta)
     log.info("wrote %s", args.out)
@@ -325,4 +210,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

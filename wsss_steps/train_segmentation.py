@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from wsss_steps.augment import TrainAugmentation, sample_rng
-from wsss_steps.datasets import Manifest, read_manifest
-from wsss_steps.image_io import IGNORE_LABEL, read_image, read_label_mask
-from wsss_steps.logs import setup_logging
-from wsss_steps.map_store import MapReader
+from wsss_steps.cli import (
+    add_checkpoint_arguments,
+    add_run_arguments,
+    check_checkpoint,
+    start_run,
+    step_parser,
+)
+from wsss_steps.data.manifest import Manifest, read_manifest
 from wsss_steps.networks.backbones import BACKBONES, OUTPUT_STRIDES
 from wsss_steps.networks.segmentation import (
     HEADS,
@@ -55,123 +56,36 @@ from wsss_steps.networks.segmentation import (
     init_backbone_from_classifier,
     save_segmentation,
 )
-from wsss_steps.preprocess import resolve_device
-from wsss_steps.train_relation import file_digest
-from wsss_steps.training import (
-    POLY_POWER,
-    add_checkpoint_arguments,
-    add_run_arguments,
-    set_bn_frozen,
-    settings_hash,
-    train_epochs,
+from wsss_steps.store.digests import file_digest
+from wsss_steps.store.images import IGNORE_LABEL
+from wsss_steps.training.augment import TrainAugmentation
+from wsss_steps.training.loop import LoopSettings, Trainee, set_bn_frozen, train
+from wsss_steps.training.schedules import POLY_POWER
+from wsss_steps.training.segmentation import (
+    MaskSource,
+    SegmentationDataset,
+    class_balanced_weights,
+    label_frequencies,
 )
 
 log = logging.getLogger("wsss_steps.train_segmentation")
 
-MASK_NAME = "mask"
 MOMENTUM = 0.9
 METRIC_COLUMNS = ("epoch", "step", "lr", "loss", "seconds")
 
 
-class MaskError(ValueError):
-    """A training mask that is missing or does not fit its image; the message names the image."""
 
 
-class MaskSource:
-    """Each training image's label mask: from a pseudo-mask HDF5 file or the ground truth."""
-
-    def __init__(self, manifest: Manifest, masks_path: Path | None):
-        self.manifest = manifest
-        self.masks_path = masks_path
-        self._reader: MapReader | None = None  # opened lazily: one handle per worker process
-        if masks_path is not None:
-            with MapReader(masks_path) as reader:
-                reader.require(manifest.ids)
-        else:
-            missing = [r.image_id for r in manifest.records if r.mask_path is None]
-            if missing:
-                raise MaskError(f"--ground-truth: {len(missing)} image(s) of {manifest.split} have no mask, "
-                                f"e.g. {missing[:5]}")
-
-    def read(self, index: int, shape: tuple[int, int]) -> np.ndarray:
-        record = self.manifest.records[index]
-        if self.masks_path is None:
-            source = str(record.mask_path)
-            mask = read_label_mask(record.mask_path)
-        else:
-            if self._reader is None:
-                self._reader = MapReader(self.masks_path)
-            source = str(self.masks_path)
-            data = self._reader.read(record.image_id)
-            if MASK_NAME not in data:
-                raise MaskError(f"image {record.image_id!r} in {source} has no dataset {MASK_NAME!r} "
-                                f"(it holds {sorted(data)})")
-            mask = np.asarray(data[MASK_NAME], dtype=np.uint8)
-        if mask.shape != shape:
-            raise MaskError(f"image {record.image_id!r}: mask in {source} is {mask.shape}, the image is {shape}")
-        bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(self.manifest.num_classes + 1), IGNORE_LABEL])
-        if bad.size:
-            raise MaskError(f"image {record.image_id!r}: mask in {source} holds values {bad.tolist()} outside "
-                            f"0..{self.manifest.num_classes} and {IGNORE_LABEL}")
-        return mask
 
 
-class SegmentationDataset(Dataset):
-    """Augmented images and masks; sample ``index`` of epoch ``e`` uses ``sample_rng(seed, e, index)``.
-    Items: (image float32 (3, crop, crop), label int64 (crop, crop))."""
-
-    def __init__(self, manifest: Manifest, masks: MaskSource, augmentation: TrainAugmentation, seed: int = 0,
-                 cache: bool = False):
-        self.manifest = manifest
-        self.masks = masks
-        self.augmentation = augmentation
-        self.seed = seed
-        self.epoch = 0
-        self.cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.manifest.records)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cache is not None and index in self.cache:
-            image, mask = self.cache[index]
-        else:
-            image = read_image(self.manifest.records[index].image_path)
-            mask = self.masks.read(index, image.shape[:2])
-            if self.cache is not None:
-                self.cache[index] = (image, mask)
-        out = self.augmentation(image, sample_rng(self.seed, self.epoch, index), mask)
-        return torch.from_numpy(out["image"]), torch.from_numpy(out["label"].astype(np.int64))
 
 
-def label_frequencies(masks: MaskSource, manifest: Manifest) -> np.ndarray:
-    """Fraction of the non-ignored training pixels carrying each label (L = C + 1)."""
-    counts = np.zeros(manifest.num_classes + 1, dtype=np.int64)
-    for index, record in enumerate(manifest.records):
-        mask = masks.read(index, (record.height, record.width)) if record.height else \
-            masks.read(index, read_image(record.image_path).shape[:2])
-        counts += np.bincount(mask[mask != IGNORE_LABEL].ravel(), minlength=counts.size)
-    total = counts.sum()
-    if total == 0:
-        raise MaskError("the training masks label no pixel (all 255)")
-    return counts / total
 
 
-def class_balanced_weights(frequencies: np.ndarray) -> np.ndarray:
-    """Median-frequency balancing: median(f over present labels) / f_c; 0 for absent labels."""
-    frequencies = np.asarray(frequencies, dtype=np.float64)
-    present = frequencies > 0
-    weights = np.zeros_like(frequencies)
-    weights[present] = np.median(frequencies[present]) / frequencies[present]
-    return weights
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m wsss_steps.train_segmentation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = step_parser(__name__, __doc__)
     io = parser.add_argument_group("files")
     io.add_argument("--manifest", required=True, type=Path, help="training split manifest CSV")
     source = io.add_mutually_exclusive_group(required=True)
@@ -181,7 +95,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="start the backbone from this trained classifier's backbone")
     io.add_argument("--out", required=True, type=Path, help="the trained network (.pt)")
     io.add_argument("--metrics", type=Path, help="CSV with one row per epoch")
-    add_checkpoint_arguments(io)
     net = parser.add_argument_group("network")
     net.add_argument("--head", choices=HEADS, default="deeplabv2", help="(default: %(default)s)")
     net.add_argument("--backbone", choices=BACKBONES, default="resnet101", help="(default: %(default)s)")
@@ -209,7 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="seeds the init, epoch order and augmentation")
     train.add_argument("--cache-images", action=argparse.BooleanOptionalAction, default=False,
                        help="keep decoded images and masks in memory (small datasets; default: no)")
-    run = add_run_arguments(parser)
+    add_checkpoint_arguments(parser)
+    run = add_run_arguments(parser, training=True)
     run.add_argument("--name", default="", help="method name stored in the model (e.g. the pseudo masks' seeds)")
     run.add_argument("--dataset", default="", help="dataset name (default: from the manifest)")
     return parser
@@ -222,16 +136,14 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
         args.freeze_bn = bool(args.pretrained)
     if args.aspp_rates is None:
         args.aspp_rates = list(PAPER_RATES[args.head])
-    problems = []
-    for name in ("epochs", "batch_size", "checkpoint_every", "crop", "width"):
+    problems = check_checkpoint(args)
+    for name in ("epochs", "batch_size", "crop", "width"):
         if getattr(args, name) < 1:
             problems.append(f"--{name.replace('_', '-')} must be ≥ 1, not {getattr(args, name)}")
     if min(args.aspp_rates) < 1:
         problems.append(f"--aspp-rates must be ≥ 1, not {args.aspp_rates}")
     if not 1 <= args.resize_long[0] <= args.resize_long[1]:
         problems.append(f"--resize-long needs 1 ≤ MIN ≤ MAX, not {args.resize_long}")
-    if args.stop_after_epochs is not None and (args.stop_after_epochs < 1 or args.checkpoint_dir is None):
-        problems.append("--stop-after-epochs needs a value ≥ 1 and --checkpoint-dir")
     if args.seed < 0:
         problems.append(f"--seed must be ≥ 0, not {args.seed}")
     if problems:
@@ -260,14 +172,10 @@ def training_settings(args: argparse.Namespace, manifest: Manifest) -> dict[str,
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _resolve_defaults(args)
-    setup_logging(args.log)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    device = start_run(args)
     manifest = read_manifest(args.manifest, args.dataset)
     masks = MaskSource(manifest, None if args.ground_truth else args.masks)
     settings = training_settings(args, manifest)
-    expected_hash = settings_hash(settings)
 
     torch.manual_seed(args.seed)
     model = build_segmentation_net(args.head, args.backbone, manifest.num_classes + 1, args.output_stride,
@@ -296,12 +204,12 @@ def main(argv: Sequence[str] | None = None) -> int:
              "ground-truth" if args.ground_truth else f"pseudo ({args.masks})", len(dataset),
              manifest.num_classes + 1, args.epochs, device)
 
-    def train_mode(net: torch.nn.Module) -> None:
-        net.train()
+    def train_mode() -> None:
+        model.train()
         if args.freeze_bn:
-            set_bn_frozen(net.backbone)
+            set_bn_frozen(model.backbone)
 
-    def step(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(batch: tuple[torch.Tensor, torch.Tensor], global_step: int) -> tuple[torch.Tensor, dict[str, float]]:
         images, labels = (t.to(device, non_blocking=True) for t in batch)
         logits = model(images)
         loss = F.cross_entropy(logits, labels, weight=weight, ignore_index=IGNORE_LABEL)
@@ -309,22 +217,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             loss = logits.sum() * 0.0
         return loss, {}
 
-    checkpoint_path = args.checkpoint_dir / "last.pt" if args.checkpoint_dir else None
-    finished = train_epochs(model, optimizer, base_lrs, dataset, step, epochs=args.epochs,
-                            batch_size=args.batch_size, seed=args.seed, device=device,
-                            checkpoint_path=checkpoint_path, checkpoint_every=args.checkpoint_every,
-                            expected_hash=expected_hash, settings=settings, metrics_path=args.metrics,
-                            metric_columns=METRIC_COLUMNS, stop_after_epochs=args.stop_after_epochs,
-                            num_workers=args.num_workers, train_mode=train_mode, name="segmentation")
-    if not finished:
+    trainee = Trainee(model, optimizer, base_lrs, dataset, step, train_mode=train_mode)
+    plan = LoopSettings(name="train_segmentation", epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
+                        device=device, settings=settings, checkpoint_dir=args.checkpoint_dir,
+                        checkpoint_every=args.checkpoint_every, stop_after_epochs=args.stop_after_epochs,
+                        metrics_path=args.metrics, metric_columns=METRIC_COLUMNS, num_workers=args.num_workers)
+    outcome = train(trainee, plan)
+    if not outcome.finished:
         return 0
     meta = {"class_names": list(manifest.class_names), "dataset": args.dataset or manifest.dataset,
             "name": args.name or ("full" if args.ground_truth else ""), "training": settings,
-            "settings_hash": expected_hash, "epochs_trained": args.epochs}
+            "settings_hash": outcome.settings_hash, "epochs_trained": args.epochs}
     save_segmentation(args.out, model.cpu().eval(), meta)
     log.info("wrote %s", args.out)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    raise SystemExit(main())

@@ -267,7 +267,7 @@ class TfInputRange(nn.Module):
 
     def __init__(self):
         super().__init__()
-        from wsss_steps.preprocess import IMAGENET_MEAN, IMAGENET_STD
+        from wsss_steps.networks.inputs import IMAGENET_MEAN, IMAGENET_STD
 
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255.0
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255.0

@@ -16,15 +16,21 @@ Layouts:
 from __future__ import annotations
 
 import csv
-import re
 import xml.etree.ElementTree as ET
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from wsss_steps.image_io import IGNORE_LABEL, read_image, read_label_mask
+from wsss_steps.data.manifest import (
+    MAX_LISTED_PROBLEMS,
+    DatasetError,
+    ImageRecord,
+    Manifest,
+    read_lines,
+    validate_image_id,
+)
+from wsss_steps.store.images import IGNORE_LABEL, read_image, read_label_mask
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -32,82 +38,10 @@ VOC_CLASSES: tuple[str, ...] = (
     "tvmonitor",
 )
 
-_IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
-_MAX_LISTED_PROBLEMS = 20
-
-
-class DatasetError(ValueError):
-    """Bad dataset content; the message names the file, id or key concerned."""
-
-
-def validate_image_id(image_id: str, where: str = "") -> str:
-    """Returns the id if it is a plain file stem (no path separators, no '..'), else raises."""
-    if not _IMAGE_ID.match(image_id) or ".." in image_id:
-        origin = f" (in {where})" if where else ""
-        raise DatasetError(
-            f"invalid image id {image_id!r}{origin}: ids may hold letters, digits, '_', '-', '.' "
-            "only, and no path separators or '..'"
-        )
-    return image_id
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    """One image of a split: where its files are and what its image-level labels are."""
-
-    image_id: str
-    image_path: Path
-    mask_path: Path | None
-    labels: tuple[int, ...]  # foreground class indices, 0-based (mask value = index + 1)
-    height: int = 0
-    width: int = 0
-
-
-@dataclass
-class Manifest:
-    """A validated split: class names and one record per image, in split order."""
-
-    dataset: str
-    split: str
-    class_names: tuple[str, ...]
-    records: list[ImageRecord] = field(default_factory=list)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
-    def ids(self) -> list[str]:
-        return [record.image_id for record in self.records]
-
-    def record(self, image_id: str) -> ImageRecord:
-        for record in self.records:
-            if record.image_id == image_id:
-                return record
-        raise KeyError(f"image id {image_id!r} is not in split {self.split!r} of {self.dataset!r}")
-
-    def label_vector(self, image_id: str) -> np.ndarray:
-        return labels_to_vector(self.record(image_id).labels, self.num_classes)
-
-    def label_matrix(self) -> np.ndarray:
-        return np.stack([labels_to_vector(r.labels, self.num_classes) for r in self.records])
-
-
-def labels_to_vector(labels: Iterable[int], num_classes: int) -> np.ndarray:
-    vector = np.zeros(num_classes, dtype=np.float32)
-    vector[list(labels)] = 1.0
-    return vector
-
-
-def _read_lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise DatasetError(f"file not found: {path}")
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-
 
 def _read_split_ids(path: Path) -> list[str]:
     # VOC's classification ImageSets have "id label" lines; the segmentation ones only "id".
-    ids = [line.split()[0] for line in _read_lines(path)]
+    ids = [line.split()[0] for line in read_lines(path)]
     for image_id in ids:
         validate_image_id(image_id, str(path))
     duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
@@ -128,7 +62,7 @@ class VocLayoutDataset:
         if not self.root.is_dir():
             raise DatasetError(f"dataset {name!r}: root folder not found: {self.root}")
         if class_names is None:
-            class_names = _read_lines(self.root / "classes.txt")
+            class_names = read_lines(self.root / "classes.txt")
         self.class_names = tuple(class_names)
         if len(set(self.class_names)) != len(self.class_names):
             raise DatasetError(f"dataset {name!r}: class names repeat: {self.class_names}")
@@ -280,7 +214,7 @@ def build_manifest(dataset: VocLayoutDataset | Voc2012Dataset, split: str, requi
             manifest.records.append(ImageRecord(image_id, image_path, mask_path, labels, height, width))
         except (DatasetError, ValueError, FileNotFoundError) as error:
             problems.append(str(error))
-            if len(problems) >= _MAX_LISTED_PROBLEMS:
+            if len(problems) >= MAX_LISTED_PROBLEMS:
                 problems.append("... (stopped listing)")
                 break
     if problems:
@@ -289,40 +223,3 @@ def build_manifest(dataset: VocLayoutDataset | Voc2012Dataset, split: str, requi
     return manifest
 
 
-def write_manifest(manifest: Manifest, directory: str | Path) -> Path:
-    """Writes ``classes.txt`` and ``{split}.csv`` into a folder; returns the CSV path."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    # Several split jobs may write classes.txt at once: same content, atomic replace.
-    classes_tmp = directory / f".classes.{manifest.split}.tmp"
-    classes_tmp.write_text("\n".join(manifest.class_names) + "\n")
-    classes_tmp.replace(directory / "classes.txt")
-    path = directory / f"{manifest.split}.csv"
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["image_id", "image", "mask", "labels", "height", "width"])
-        for r in manifest.records:
-            writer.writerow([r.image_id, str(r.image_path.resolve()),
-                             str(r.mask_path.resolve()) if r.mask_path else "",
-                             " ".join(manifest.class_names[i] for i in r.labels), r.height, r.width])
-    tmp.replace(path)
-    return path
-
-
-def read_manifest(csv_path: str | Path, dataset: str = "") -> Manifest:
-    """Reads a manifest written by `write_manifest` (classes.txt beside it)."""
-    csv_path = Path(csv_path)
-    class_names = tuple(_read_lines(csv_path.parent / "classes.txt"))
-    index = {n: i for i, n in enumerate(class_names)}
-    manifest = Manifest(dataset or csv_path.parent.parent.name, csv_path.stem, class_names)
-    with csv_path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            image_id = validate_image_id(row["image_id"], str(csv_path))
-            manifest.records.append(ImageRecord(
-                image_id, Path(row["image"]), Path(row["mask"]) if row["mask"] else None,
-                tuple(index[n] for n in row["labels"].split()), int(row["height"]), int(row["width"]),
-            ))
-    if not manifest.records:
-        raise DatasetError(f"manifest {csv_path} lists no image")
-    return manifest

@@ -14,7 +14,6 @@ the lowest threshold on a tie) and summary rows in the long form of results/summ
 
 from __future__ import annotations
 
-import argparse
 import csv
 import logging
 import multiprocessing
@@ -26,16 +25,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from wsss_steps.crf import IRN_CRF, crf_from_labels
-from wsss_steps.datasets import ImageRecord, Manifest, read_manifest
-from wsss_steps.image_io import IGNORE_LABEL, read_image, read_label_mask
-from wsss_steps.map_store import MapReader, MapStoreError
-from wsss_steps.metrics import (
+from wsss_steps.data.manifest import ImageRecord, Manifest
+from wsss_steps.evaluation.metrics import (
     confusion_matrix,
     mean_iou,
     segmentation_scores,
     threshold_confusion_matrices,
 )
+from wsss_steps.methods.crf import IRN_CRF, crf_from_labels
+from wsss_steps.methods.labels import foreground_argmax
+from wsss_steps.store.images import IGNORE_LABEL, read_image, read_label_mask
+from wsss_steps.store.maps import MapReader, MapStoreError
 
 log = logging.getLogger(__name__)
 
@@ -109,14 +109,6 @@ def read_ground_truth(record: ImageRecord, num_classes: int) -> np.ndarray:
     return mask
 
 
-def foreground_argmax(cam: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel the best class (1..C, mask numbering) and its score; with no map, 0 and -inf."""
-    if cam.shape[0] == 0:
-        shape = cam.shape[1:]
-        return np.zeros(shape, dtype=np.int64), np.full(shape, -np.inf, dtype=np.float32)
-    best = np.argmax(cam, axis=0)
-    score = np.take_along_axis(cam, best[None], axis=0)[0]
-    return keys[best] + 1, score
 
 
 def sweep_confusions(seed: SeedImage, thresholds: Sequence[float], num_labels: int) -> np.ndarray:
@@ -314,74 +306,3 @@ def write_outputs(confusions: np.ndarray, thresholds: Sequence[float] | None, cl
         rows += [key + [f"{score}/{name}", _format(scores[score][best, c])] for c, name in enumerate(names)]
     _write_csv(summary_path, SUMMARY_COLUMNS, rows)
     return {"miou": float(mious[best]), "best_threshold": float("nan") if fixed else float(thresholds[best])}
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m wsss_steps.evaluate_seeds",
-        description="mIoU of seed maps against ground-truth masks over a background-threshold sweep "
-                    "(optionally with dCRF): curve, per-class scores and summary rows.")
-    parser.add_argument("--manifest", required=True, type=Path, help="manifest CSV of the split (classes.txt beside it)")
-    parser.add_argument("--maps", required=True, type=Path, help="merged seed map file (HDF5)")
-    parser.add_argument("--map-name", default="cam", help="dataset of each image group to evaluate (default: cam)")
-    parser.add_argument("--thresholds", nargs=3, type=float, metavar=("START", "STOP", "STEP"),
-                        default=DEFAULT_THRESHOLDS, help="background thresholds, STOP included (default: 0.05 0.80 0.05)")
-    parser.add_argument("--crf", action="store_true", help="refine each label map with dCRF (IRN settings) before scoring")
-    parser.add_argument("--crf-thresholds", nargs=3, type=float, metavar=("START", "STOP", "STEP"),
-                        help="thresholds for the CRF sweep (default: those of --thresholds)")
-    parser.add_argument("--workers", type=int, default=1, help="processes for the CRF (default: 1)")
-    parser.add_argument("--label-map", action="store_true",
-                        help="--map-name is a fixed label map (H, W) in mask numbering (e.g. a segmentation "
-                        "network's prediction): scored as it is, no threshold sweep")
-    parser.add_argument("--curve", type=Path, help="output CSV: one row per threshold (required without --label-map)")
-    parser.add_argument("--per-class", required=True, type=Path, help="output CSV: per-class scores at the best threshold")
-    parser.add_argument("--summary", required=True, type=Path, help="output CSV: rows for results/summary.csv")
-    parser.add_argument("--dataset", help="dataset name (default: the manifest's)")
-    parser.add_argument("--stage", help="stage name (default: seeds, or seeds_crf with --crf)")
-    parser.add_argument("--method", help="seed method (default: the map file's 'method' attribute)")
-    parser.add_argument("--classifier", default="", help="classifier variant the seeds come from")
-    parser.add_argument("--split", help="split name (default: the manifest's)")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.workers < 1:
-        raise SystemExit("--workers must be >= 1")
-    if args.label_map and args.crf:
-        raise SystemExit("--label-map scores fixed label maps: refine them before (no --crf)")
-    if args.curve is None and not args.label_map:
-        raise SystemExit("--curve is required without --label-map")
-    manifest = read_manifest(args.manifest)
-    spec = args.crf_thresholds if (args.crf and args.crf_thresholds) else args.thresholds
-    thresholds = threshold_list(*spec)
-    method = args.method
-    if method is None:
-        with MapReader(args.maps) as reader:
-            method = str(reader.attrs.get("method", ""))
-        if not method:
-            raise SystemExit(f"--method not given and {args.maps} has no 'method' attribute")
-    identity = {"dataset": args.dataset or manifest.dataset,
-                "stage": args.stage or ("seeds_crf" if args.crf else "seeds"),
-                "method": method, "classifier": args.classifier, "split": args.split or manifest.split}
-    if args.label_map:
-        log.info("evaluating the label maps %s/%s of %s: %d images", args.maps, args.map_name, args.manifest,
-                 len(manifest.records))
-        confusion = evaluate_label_maps(manifest, args.maps, args.map_name)
-        result = write_outputs(confusion, None, manifest.class_names, identity, args.curve, args.per_class,
-                               args.summary, len(manifest.records))
-        log.info("mIoU %.4f", result["miou"])
-        return 0
-    log.info("evaluating %s/%s of %s: %d images, %d thresholds%s", args.maps, args.map_name,
-             args.manifest, len(manifest.records), len(thresholds), " with CRF" if args.crf else "")
-    confusions = evaluate_seeds(manifest, args.maps, args.map_name, thresholds, crf=args.crf,
-                                workers=args.workers)
-    result = write_outputs(confusions, thresholds, manifest.class_names, identity, args.curve,
-                           args.per_class, args.summary, len(manifest.records))
-    log.info("best threshold %.2f: mIoU %.4f", result["best_threshold"], result["miou"])
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -75,27 +75,23 @@ devices or thread counts.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from wsss_steps.cams import ScaleMerger, resize_batch, strided_size
-from wsss_steps.datasets import ImageRecord, Manifest, read_manifest
-from wsss_steps.image_io import read_image
-from wsss_steps.logs import setup_logging
-from wsss_steps.map_store import MapReader, shard_ids
+from wsss_steps.data.manifest import ImageRecord
+from wsss_steps.methods.cams import ScaleMerger, resize_batch, strided_size
 from wsss_steps.networks.classifier import CamClassifier
-from wsss_steps.preprocess import image_to_tensor, resolve_device
-from wsss_steps.seed_shards import write_seed_shard
+from wsss_steps.networks.inputs import image_to_tensor
+from wsss_steps.store.images import read_image
+from wsss_steps.store.maps import MapReader
 
 log = logging.getLogger(__name__)
 
@@ -519,10 +515,6 @@ def _reference_climb(model: CamClassifier, x: torch.Tensor, mirrored: tuple[bool
     return total
 
 
-# --------------------------------------------------------------------------------------------
-# The seed step
-
-
 class AdvCamSeeds:
     """The per-image compute function of `write_seed_shard` for AdvCAM / AdvCAM-Sal.
 
@@ -584,110 +576,3 @@ class AdvCamSeeds:
         for member, (full, stride4) in zip(group[asked + 1:], results[asked + 1:], strict=True):
             self._cache[member.image_id] = {"cam": full, "cam_stride4": stride4}
         return {"cam": results[asked][0], "cam_stride4": results[asked][1]}
-
-
-def _scales(values: Sequence[str]) -> tuple[float, ...]:
-    return tuple(float(v) for token in values for v in token.split(",") if v)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m wsss_steps.advcam",
-        description="AdvCAM seeds (METHODS §2): CAMs of anti-adversarially climbed images, one "
-                    "HDF5 shard of a split; with --saliency, AdvCAM-Sal. Defaults: the paper's form.")
-    parser.add_argument("--classifier", required=True, help="trained CAM classifier (model.pt)")
-    parser.add_argument("--manifest", required=True, help="split manifest CSV ({split}.csv)")
-    parser.add_argument("--shard", type=int, default=0, help="0-based shard index")
-    parser.add_argument("--num-shards", type=int, default=1)
-    parser.add_argument("--out", required=True, help="output shard file (.h5); resumes a .partial")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads for torch")
-    parser.add_argument("--log", help="log file (default: stderr only)")
-    parser.add_argument("--method", default=None,
-                        help="method name stored in the file (advcam, or advcam_sal with --saliency)")
-    parser.add_argument("--preset", choices=PRESETS, default="paper",
-                        help="paper (default) or reference_code (all reference-code options on); "
-                             "the options below override it")
-    parser.add_argument("--steps", type=int, default=None, help="T, climbing steps (27)")
-    parser.add_argument("--step-size", type=float, default=None, help="ξ (0.08)")
-    parser.add_argument("--penalty-weight", type=float, default=None, help="λ (7)")
-    parser.add_argument("--mask-threshold", type=float, default=None, help="τ (0.5)")
-    parser.add_argument("--scales", nargs="+", default=None, help="e.g. 1.0 0.5 1.5 2.0 or 1.0,0.5,1.5,2.0")
-    parser.add_argument("--flip", action=argparse.BooleanOptionalAction, default=None,
-                        help="also climb the horizontal flip (on)")
-    parser.add_argument("--other-classes", choices=OTHER_CLASSES, default=None,
-                        help="logits suppressed: all classes ≠ c (paper, default) or the image's other labels")
-    parser.add_argument("--logits", choices=LOGITS, default=None,
-                        help="plain (default) or relu_gap = GAP(ReLU(CAM)) (reference code)")
-    parser.add_argument("--attribution", choices=ATTRIBUTIONS, default=None,
-                        help="cam (default) or gradcam (the reference code's scaling, which λ=7 was tuned for)")
-    parser.add_argument("--merge-flips-in-loss", action=argparse.BooleanOptionalAction, default=None,
-                        help="mask and penalty on the flip-merged map (reference code)")
-    parser.add_argument("--grad-normalization", choices=GRAD_NORMALIZATIONS, default=None,
-                        help="per_sample (default) or flip_pair (reference code)")
-    parser.add_argument("--clamp-to-input-range", action=argparse.BooleanOptionalAction, default=None,
-                        help="clamp x^t to the range of x^{t-1} (reference code)")
-    parser.add_argument("--small-scale-schedule", choices=SMALL_SCALE_SCHEDULES, default=None,
-                        help="full (default), half (T//2 steps, ×2 weight below scale 1) or "
-                             "half_reference (T//2 steps, equal weights, as the reference computes)")
-    parser.add_argument("--batch-budget", type=int, default=None,
-                        help="max samples per forward (16); changes the maps by float rounding only")
-    parser.add_argument("--batch-pixels", type=int, default=None,
-                        help="max input pixels per forward (262144, at least one climb); changes the "
-                             "maps by float rounding only")
-    parser.add_argument("--saliency", default=None,
-                        help="saliency map file (groups with 'saliency' (H, W) in [0, 1]): AdvCAM-Sal")
-    parser.add_argument("--saliency-threshold", type=float, default=None, help="δ: background is sal < δ (0.10)")
-    parser.add_argument("--reference", action="store_true",
-                        help="use the one-class-at-a-time reference loop instead of the batched climb")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> AdvCamConfig:
-    """The preset, with every option given on the command line replacing its value."""
-    fields = ("steps", "step_size", "penalty_weight", "mask_threshold", "flip", "other_classes",
-              "logits", "attribution", "merge_flips_in_loss", "grad_normalization",
-              "clamp_to_input_range", "small_scale_schedule", "batch_budget", "batch_pixels",
-              "saliency_threshold")
-    overrides: dict[str, Any] = {name: getattr(args, name) for name in fields
-                                 if getattr(args, name) is not None}
-    if args.scales is not None:
-        overrides["scales"] = _scales(args.scales)
-    return AdvCamConfig.preset(args.preset, **overrides)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.log)
-    torch.set_num_threads(args.threads)
-    config = config_from_args(args)
-    device = resolve_device(args.device)
-    from wsss_steps.networks.io import load_classifier
-
-    model, meta = load_classifier(args.classifier, device)
-    manifest: Manifest = read_manifest(args.manifest)
-    class_names = tuple(meta.get("class_names", manifest.class_names))
-    if class_names != manifest.class_names or model.num_classes != manifest.num_classes:
-        raise ValueError(f"classifier {args.classifier} was trained on classes {list(class_names)} "
-                         f"({model.num_classes}), manifest {args.manifest} has {list(manifest.class_names)}")
-    ids = shard_ids(manifest.ids, args.shard, args.num_shards)
-    records = [manifest.record(i) for i in ids]
-    method = args.method or ("advcam_sal" if args.saliency else "advcam")
-    params = {**config.params(saliency=args.saliency is not None),
-              "classifier": meta.get("settings_hash", "")}
-    saliency = MapReader(args.saliency) if args.saliency else None
-    try:
-        if saliency is not None:
-            saliency.require(ids)
-        compute = AdvCamSeeds(model, records, config, device, saliency, reference=args.reference)
-        computed = write_seed_shard(manifest, args.shard, args.num_shards, Path(args.out), compute, method,
-                                    params)
-    finally:
-        if saliency is not None:
-            saliency.close()
-    log.info("%s: %d image(s) computed into %s", method, computed, args.out)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -15,7 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss_steps.data.manifest import ImageRecord
 from wsss_steps.networks.classifier import CamClassifier
+from wsss_steps.networks.inputs import image_to_tensor
+from wsss_steps.store.images import read_image
 
 MAX_NORM_EPS = 1e-5
 
@@ -88,3 +91,19 @@ def multiscale_cams(model: CamClassifier, image: torch.Tensor, keys: Sequence[in
         maps = cams[0] + cams[1].flip(-1) if flip else cams[0]
         merger.add(maps)
     return merger.result()
+
+
+class CamSeeds:
+    """The per-image compute function of `write_seed_shard` for CAM seeds (method ``cam``)."""
+
+    def __init__(self, model: CamClassifier, device: torch.device, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
+                 flip: bool = True):
+        self.model = model
+        self.device = device
+        self.scales = tuple(scales)
+        self.flip = flip
+
+    def __call__(self, record: ImageRecord) -> dict[str, np.ndarray]:
+        image = image_to_tensor(read_image(record.image_path), self.device)
+        full, stride4 = multiscale_cams(self.model, image, record.labels, self.scales, self.flip)
+        return {"cam": full, "cam_stride4": stride4}

@@ -1,0 +1,97 @@
+"""The command-line convention every step follows.
+
+Each step module has ``build_parser() -> ArgumentParser`` (made by `step_parser`, so ``--help``
+shows the module's docstring) and ``main(argv) -> int``. The argument groups below are the only
+definitions of the options steps share, with the same names and defaults everywhere:
+
+- files: ``--manifest`` (the split), ``--out``; shard steps add ``--shard`` / ``--num-shards``;
+- run: ``--device`` (auto), ``--threads`` (torch's choice when not given); training adds
+  ``--num-workers``;
+- checkpoint (training steps): ``--checkpoint-dir``, ``--checkpoint-every``, ``--stop-after-epochs``.
+
+Steps log to stderr; the workflow's rules redirect it into ``logs/`` (there is no ``--log``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from wsss_steps.networks.inputs import resolve_device
+
+
+def step_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
+    """The parser of step ``module`` (``__name__`` of the step), described by its docstring."""
+    name = module.removesuffix(".__main__")
+    return argparse.ArgumentParser(prog=f"python -m {name}", description=doc,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def add_shard_arguments(parser: argparse.ArgumentParser, out_help: str = "output shard file (.h5)"
+                        ) -> argparse._ArgumentGroup:
+    """``--manifest``, ``--out``, ``--shard``, ``--num-shards``: one shard of a split's images."""
+    files = parser.add_argument_group("files")
+    files.add_argument("--manifest", required=True, type=Path,
+                       help="split manifest CSV written by prepare_data")
+    files.add_argument("--out", required=True, type=Path, help=out_help)
+    files.add_argument("--shard", type=int, default=0, help="0-based shard index (default: %(default)s)")
+    files.add_argument("--num-shards", type=int, default=1, help="(default: %(default)s)")
+    return files
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, training: bool = False) -> argparse._ArgumentGroup:
+    """``--device`` and ``--threads`` (and ``--num-workers`` for training steps); returned so a step
+    can add its own run options."""
+    run = parser.add_argument_group("run")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
+    run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    if training:
+        run.add_argument("--num-workers", type=int, default=0,
+                         help="data-loading worker processes (default: %(default)s)")
+    return run
+
+
+def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> argparse._ArgumentGroup:
+    """The resume options of training steps."""
+    group = parser.add_argument_group("checkpoints")
+    group.add_argument("--checkpoint-dir", type=Path,
+                       help="folder for last.pt; a run resumes from it when its settings match")
+    group.add_argument("--checkpoint-every", type=int, default=1,
+                       help="epochs between checkpoints (default: %(default)s)")
+    group.add_argument("--stop-after-epochs", type=int, metavar="N",
+                       help="stop after N epochs of this run (checkpointed, no model file); "
+                       "a rerun resumes; for time-limited jobs")
+    return group
+
+
+def check_shard(args: argparse.Namespace, step: str) -> None:
+    if args.num_shards < 1 or not 0 <= args.shard < args.num_shards:
+        raise SystemExit(f"{step}: need 0 <= --shard < --num-shards, got {args.shard} of {args.num_shards}")
+
+
+def check_checkpoint(args: argparse.Namespace) -> list[str]:
+    """The problems of the checkpoint options (for a step's list of argument errors)."""
+    problems = []
+    if args.checkpoint_every < 1:
+        problems.append(f"--checkpoint-every must be ≥ 1, not {args.checkpoint_every}")
+    if args.stop_after_epochs is not None and (args.stop_after_epochs < 1 or args.checkpoint_dir is None):
+        problems.append("--stop-after-epochs needs a value ≥ 1 and --checkpoint-dir")
+    return problems
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Log records at ``level`` and above to stderr (kept as they are where handlers exist already,
+    as in a test's log capture)."""
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+
+
+def start_run(args: argparse.Namespace) -> torch.device:
+    """Logging, torch threads and the device of a step that was given the run arguments."""
+    setup_logging()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return resolve_device(args.device)

@@ -1,0 +1,133 @@
+"""Classifier training (METHODS §1 and its variants): images with label vectors, the variants
+registry, validation (loss, mAP, per-class AP).
+
+Variants register by name (`register_variant`); ``classifiers.<name>.variant`` in the config and
+``train_classifier --variant`` read `CLASSIFIER_VARIANTS`. Every variant ends as the same
+`CamClassifier` (GAP over 1×1-conv CAMs), so every seed method and everything downstream reads
+any of them. A variant supplies its loss (and, when it needs one, a second network as extra
+checkpointed state), never a loop: the loop is `wsss_steps.training.loop.train`.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from wsss_steps.data.manifest import Manifest
+from wsss_steps.evaluation.metrics import average_precision_per_class, mean_average_precision
+from wsss_steps.networks.classifier import CamClassifier
+from wsss_steps.networks.inputs import normalize_image
+from wsss_steps.store.images import read_image
+from wsss_steps.training.augment import TrainAugmentation, sample_rng
+
+
+class ClassifierVariant:
+    """The loss of a classifier variant. ``loss(model, images, labels, step, total_steps)`` returns
+    the loss and named float parts (averaged into the epoch's metrics row)."""
+
+    name = ""
+
+    def __init__(self, settings: dict[str, Any] | None = None):
+        self.settings = dict(settings or {})
+
+    def loss(self, model: CamClassifier, images: torch.Tensor, labels: torch.Tensor, step: int,
+             total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+
+# The schema's enum of classifiers.<name>.variant equals these names (tests/test_config.py): the
+# Snakefile validates the config without importing torch.
+CLASSIFIER_VARIANTS: dict[str, type[ClassifierVariant]] = {}
+
+
+def register_variant(cls: type[ClassifierVariant]) -> type[ClassifierVariant]:
+    if not cls.name or cls.name in CLASSIFIER_VARIANTS:
+        raise ValueError(f"classifier variant name {cls.name!r} is empty or registered twice")
+    CLASSIFIER_VARIANTS[cls.name] = cls
+    return cls
+
+
+@register_variant
+class CamVariant(ClassifierVariant):
+    """``cam``: multi-label soft-margin loss on the GAP logits (METHODS §1)."""
+
+    name = "cam"
+
+    def loss(self, model: CamClassifier, images: torch.Tensor, labels: torch.Tensor, step: int,
+             total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return F.multilabel_soft_margin_loss(model(images), labels), {}
+
+
+class ClassificationDataset(Dataset):
+    """Images of a manifest with their label vectors.
+
+    With an augmentation, sample ``index`` of epoch ``e`` (set by `set_epoch`) is augmented with
+    ``sample_rng(seed, e, index)``; without one, the whole image is only normalised.
+    Items: (image float32 (3, H, W), labels float32 (C,), index).
+    """
+
+    def __init__(self, manifest: Manifest, augmentation: TrainAugmentation | None = None, seed: int = 0):
+        self.manifest = manifest
+        self.augmentation = augmentation
+        self.seed = seed
+        self.epoch = 0
+        self.labels = manifest.label_matrix().astype(np.float32)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.manifest.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        image = read_image(self.manifest.records[index].image_path)
+        if self.augmentation is None:
+            array = normalize_image(image)
+        else:
+            array = self.augmentation(image, sample_rng(self.seed, self.epoch, index))["image"]
+        return torch.from_numpy(array), torch.from_numpy(self.labels[index]), index
+
+
+@torch.no_grad()
+def predict_logits(model: CamClassifier, dataset: ClassificationDataset, device: torch.device,
+                   batch_size: int, num_workers: int = 0) -> np.ndarray:
+    """Image-level logits (N, C) of whole, unaugmented images; consecutive same-size images share
+    a batch. The caller sets eval mode."""
+    loader = DataLoader(dataset, batch_size=None, shuffle=False, num_workers=num_workers)
+    logits = np.zeros((len(dataset), dataset.labels.shape[1]), dtype=np.float32)
+    pending: list[tuple[torch.Tensor, int]] = []
+
+    def flush() -> None:
+        images = torch.stack([image for image, _ in pending]).to(device)
+        out = model(images).float().cpu().numpy()
+        for row, (_, index) in zip(out, pending, strict=True):
+            logits[index] = row
+        pending.clear()
+
+    for image, _, index in loader:
+        if pending and (pending[0][0].shape != image.shape or len(pending) >= batch_size):
+            flush()
+        pending.append((image, int(index)))
+    if pending:
+        flush()
+    return logits
+
+
+def evaluate_classifier(model: CamClassifier, dataset: ClassificationDataset, device: torch.device,
+             batch_size: int, num_workers: int = 0) -> dict[str, Any]:
+    """Validation loss, mAP and per-class AP (NaN for classes without a positive image)."""
+
+    logits = predict_logits(model, dataset, device, batch_size, num_workers)
+    targets = dataset.labels
+    loss = F.multilabel_soft_margin_loss(torch.from_numpy(logits), torch.from_numpy(targets)).item()
+    return {"loss": loss, "map": mean_average_precision(logits, targets),
+            "ap": average_precision_per_class(logits, targets)}
+
+
+def format_metric(value: float | None) -> str:
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.6g}"

@@ -1,0 +1,219 @@
+"""The one training loop of every training step (classifier and its variants, relation network,
+segmentation network, and the networks to come).
+
+A step builds its network, optimiser and dataset and hands them over as a `Trainee` with its
+hooks: ``step`` (a batch → loss and named parts), ``train_mode``, ``validate`` (after each
+epoch), ``extra_state`` (a second network and its optimiser, checkpointed with the first). The
+loop owns what every training shares:
+
+- seeding: the epoch's sample order and augmentation come from (seed, epoch, index), never from
+  a running RNG state, and torch's global generator is reseeded from (seed, epoch) each epoch, so a
+  run resumed from a checkpoint continues bitwise as an uninterrupted one;
+- the learning-rate schedule (poly decay by default, per step, before the step);
+- the progress bar, one metrics CSV row per epoch, a non-finite loss stopping the run;
+- checkpoints: ``last.pt`` every ``checkpoint_every`` epochs, after the last and before a stop
+  asked for with ``stop_after_epochs``; continued only when written with the same settings;
+- with ``keep_epoch_weights``, every epoch's weights as ``epoch-NNN.pt`` (for criteria that choose
+  an epoch afterwards).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import random
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from wsss_steps.networks.io import atomic_torch_save
+from wsss_steps.training.augment import epoch_permutation, epoch_torch_seed
+from wsss_steps.training.checkpoints import load_checkpoint, save_checkpoint, settings_hash
+from wsss_steps.training.schedules import poly_lr_factor
+
+log = logging.getLogger(__name__)
+
+StepFunction = Callable[[Any, int], tuple[torch.Tensor, Mapping[str, float]]]
+
+
+@dataclass
+class Trainee:
+    """A network to train and the hooks of its training (see the module docstring)."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    base_lrs: Sequence[float]  # the optimiser groups' learning rates before the schedule
+    dataset: Any  # len(), items for a DataLoader, and set_epoch(epoch)
+    step: StepFunction  # (batch, global step) → (loss, {name: float}); the loop does backward + step
+    train_mode: Callable[[], None] | None = None  # default: model.train()
+    validate: Callable[[int], dict[str, Any]] | None = None  # after epoch e: entries of its metrics row
+    extra_state: Mapping[str, Any] = field(default_factory=dict)  # objects with (load_)state_dict
+    lr_schedule: Callable[[int, int], float] = poly_lr_factor
+
+
+@dataclass
+class LoopSettings:
+    name: str
+    epochs: int
+    batch_size: int
+    seed: int
+    device: torch.device
+    settings: dict[str, Any]  # everything that shapes the weights: a checkpoint is resumed only with these
+    checkpoint_dir: Path | None = None
+    checkpoint_every: int = 1
+    stop_after_epochs: int | None = None
+    keep_epoch_weights: bool = False
+    metrics_path: Path | None = None
+    metric_columns: Sequence[str] = ("epoch", "step", "lr", "loss", "seconds")
+    loss_column: str = "loss"
+    num_workers: int = 0
+
+
+@dataclass
+class TrainingResult:
+    finished: bool  # False: stopped early as asked (stop_after_epochs); no model file should be written
+    history: list[dict[str, Any]]
+    validation: dict[str, Any] | None  # the last validation of this run (None when no epoch ran)
+    settings_hash: str
+
+
+def seed_worker(worker_id: int) -> None:
+    # Augmentation never uses global generators; seeding them (torch already gives each worker
+    # base seed + worker id) keeps any library that does reproducible too.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)  # noqa: NPY002
+    random.seed(seed)
+
+
+def set_bn_frozen(model: nn.Module) -> None:
+    """BatchNorm layers to eval mode (running statistics used and kept); affine weights still train."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> None:
+    """Writes rows (dicts) under ``columns`` atomically (a kill never leaves half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(columns))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k, "") for k in columns})
+    os.replace(tmp, path)
+
+
+def steps_per_epoch(num_items: int, batch_size: int) -> int:
+    return num_items // batch_size if num_items >= batch_size else 1
+
+
+def _state(trainee: Trainee) -> dict[str, Any]:
+    state = {"model": trainee.model.state_dict(), "optimizer": trainee.optimizer.state_dict()}
+    if trainee.extra_state:
+        state["extra"] = {name: obj.state_dict() for name, obj in trainee.extra_state.items()}
+    return state
+
+
+def _resume(trainee: Trainee, plan: LoopSettings, path: Path | None, expected_hash: str
+            ) -> tuple[int, int, list[dict[str, Any]]]:
+    if path is None:
+        return 0, 0, []
+    checkpoint = load_checkpoint(path, expected_hash, plan.settings)
+    if checkpoint is None:
+        return 0, 0, []
+    trainee.model.load_state_dict(checkpoint["model"])
+    trainee.optimizer.load_state_dict(checkpoint["optimizer"])
+    extra = checkpoint.get("extra", {})
+    for name, obj in trainee.extra_state.items():
+        obj.load_state_dict(extra[name])
+    start_epoch, step = int(checkpoint["epoch"]), int(checkpoint["step"])
+    log.info("%s: resuming from %s after epoch %d of %d", plan.name, path, start_epoch, plan.epochs)
+    return start_epoch, step, list(checkpoint["history"])
+
+
+def train(trainee: Trainee, plan: LoopSettings) -> TrainingResult:
+    """Runs (or resumes) the epochs of ``plan`` on ``trainee``."""
+    expected_hash = settings_hash(plan.settings)
+    checkpoint_path = plan.checkpoint_dir / "last.pt" if plan.checkpoint_dir is not None else None
+    start_epoch, step, history = _resume(trainee, plan, checkpoint_path, expected_hash)
+    dataset, optimizer = trainee.dataset, trainee.optimizer
+    num_items = len(dataset)
+    drop_last = num_items >= plan.batch_size  # a last batch of 1 would break BatchNorm
+    total_steps = steps_per_epoch(num_items, plan.batch_size) * plan.epochs
+    validation: dict[str, Any] | None = None
+    epochs_this_run = 0
+    for epoch in range(start_epoch, plan.epochs):
+        started = time.perf_counter()
+        torch.manual_seed(epoch_torch_seed(plan.seed, epoch))
+        dataset.set_epoch(epoch)
+        order = epoch_permutation(plan.seed, epoch, num_items).tolist()
+        loader = DataLoader(dataset, batch_size=plan.batch_size, sampler=order, drop_last=drop_last,
+                            num_workers=plan.num_workers, worker_init_fn=seed_worker,
+                            generator=torch.Generator().manual_seed(epoch_torch_seed(plan.seed, epoch)),
+                            pin_memory=plan.device.type == "cuda")
+        if trainee.train_mode is None:
+            trainee.model.train()
+        else:
+            trainee.train_mode()
+        sums: dict[str, float] = {}
+        batches = 0
+        progress = tqdm(loader, total=steps_per_epoch(num_items, plan.batch_size),
+                        desc=f"{plan.name} epoch {epoch + 1}/{plan.epochs}", unit="batch", leave=False,
+                        mininterval=1.0)
+        for batch in progress:
+            factor = trainee.lr_schedule(step, total_steps)
+            for group, base_lr in zip(optimizer.param_groups, trainee.base_lrs, strict=True):
+                group["lr"] = base_lr * factor
+            loss, parts = trainee.step(batch, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            batches += 1
+            for key, value in {plan.loss_column: loss.item(), **parts}.items():
+                sums[key] = sums.get(key, 0.0) + float(value)
+            progress.set_postfix(loss=f"{loss.item():.4f}")
+        progress.close()
+        if not math.isfinite(sums.get(plan.loss_column, 0.0)):
+            raise RuntimeError(f"{plan.name}: loss is not finite in epoch {epoch + 1}; lower the learning rate")
+        row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": f"{optimizer.param_groups[0]['lr']:.6g}"}
+        row.update({k: f"{v / max(batches, 1):.6g}" for k, v in sums.items()})
+        if trainee.validate is not None:
+            validation = trainee.validate(epoch)
+            row.update({k: v for k, v in validation.items() if k in plan.metric_columns})
+        row["seconds"] = f"{time.perf_counter() - started:.2f}"
+        history.append(row)
+        log.info("%s epoch %d/%d: %s", plan.name, epoch + 1, plan.epochs,
+                 ", ".join(f"{k} {row[k]}" for k in plan.metric_columns if k in row and k != "epoch"))
+        epochs_this_run += 1
+        if plan.metrics_path is not None:
+            write_csv(plan.metrics_path, plan.metric_columns, history)
+        if plan.keep_epoch_weights and plan.checkpoint_dir is not None:
+            atomic_torch_save({"epoch": epoch + 1, "settings_hash": expected_hash,
+                               "model": trainee.model.state_dict()},
+                              plan.checkpoint_dir / f"epoch-{epoch + 1:03d}.pt")
+        stopping = (plan.stop_after_epochs is not None and epochs_this_run >= plan.stop_after_epochs
+                    and epoch + 1 < plan.epochs)
+        if checkpoint_path is not None and ((epoch + 1) % plan.checkpoint_every == 0
+                                            or epoch + 1 == plan.epochs or stopping):
+            save_checkpoint(checkpoint_path, expected_hash, plan.settings, epoch + 1, step, _state(trainee),
+                            history)
+        if stopping:
+            log.info("%s: stopping after epoch %d of %d as asked (--stop-after-epochs); rerun to resume from %s",
+                     plan.name, epoch + 1, plan.epochs, checkpoint_path)
+            return TrainingResult(False, history, validation, expected_hash)
+    if plan.metrics_path is not None:
+        write_csv(plan.metrics_path, plan.metric_columns, history)
+    return TrainingResult(True, history, validation, expected_hash)

@@ -1,0 +1,113 @@
+"""Segmentation-network training data (METHODS §6): each image's label mask from a pseudo-mask
+file or the ground truth, augmented pairs, and the class-balanced loss weights."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from wsss_steps.data.manifest import Manifest
+from wsss_steps.store.images import IGNORE_LABEL, read_image, read_label_mask
+from wsss_steps.store.maps import MapReader
+from wsss_steps.training.augment import TrainAugmentation, sample_rng
+
+MASK_NAME = "mask"
+
+
+class MaskError(ValueError):
+    """A training mask that is missing or does not fit its image; the message names the image."""
+
+
+class MaskSource:
+    """Each training image's label mask: from a pseudo-mask HDF5 file or the ground truth."""
+
+    def __init__(self, manifest: Manifest, masks_path: Path | None):
+        self.manifest = manifest
+        self.masks_path = masks_path
+        self._reader: MapReader | None = None  # opened lazily: one handle per worker process
+        if masks_path is not None:
+            with MapReader(masks_path) as reader:
+                reader.require(manifest.ids)
+        else:
+            missing = [r.image_id for r in manifest.records if r.mask_path is None]
+            if missing:
+                raise MaskError(f"--ground-truth: {len(missing)} image(s) of {manifest.split} have no mask, "
+                                f"e.g. {missing[:5]}")
+
+    def read(self, index: int, shape: tuple[int, int]) -> np.ndarray:
+        record = self.manifest.records[index]
+        if self.masks_path is None:
+            source = str(record.mask_path)
+            mask = read_label_mask(record.mask_path)
+        else:
+            if self._reader is None:
+                self._reader = MapReader(self.masks_path)
+            source = str(self.masks_path)
+            data = self._reader.read(record.image_id)
+            if MASK_NAME not in data:
+                raise MaskError(f"image {record.image_id!r} in {source} has no dataset {MASK_NAME!r} "
+                                f"(it holds {sorted(data)})")
+            mask = np.asarray(data[MASK_NAME], dtype=np.uint8)
+        if mask.shape != shape:
+            raise MaskError(f"image {record.image_id!r}: mask in {source} is {mask.shape}, the image is {shape}")
+        bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(self.manifest.num_classes + 1), IGNORE_LABEL])
+        if bad.size:
+            raise MaskError(f"image {record.image_id!r}: mask in {source} holds values {bad.tolist()} outside "
+                            f"0..{self.manifest.num_classes} and {IGNORE_LABEL}")
+        return mask
+
+
+class SegmentationDataset(Dataset):
+    """Augmented images and masks; sample ``index`` of epoch ``e`` uses ``sample_rng(seed, e, index)``.
+    Items: (image float32 (3, crop, crop), label int64 (crop, crop))."""
+
+    def __init__(self, manifest: Manifest, masks: MaskSource, augmentation: TrainAugmentation, seed: int = 0,
+                 cache: bool = False):
+        self.manifest = manifest
+        self.masks = masks
+        self.augmentation = augmentation
+        self.seed = seed
+        self.epoch = 0
+        self.cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.manifest.records)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.cache is not None and index in self.cache:
+            image, mask = self.cache[index]
+        else:
+            image = read_image(self.manifest.records[index].image_path)
+            mask = self.masks.read(index, image.shape[:2])
+            if self.cache is not None:
+                self.cache[index] = (image, mask)
+        out = self.augmentation(image, sample_rng(self.seed, self.epoch, index), mask)
+        return torch.from_numpy(out["image"]), torch.from_numpy(out["label"].astype(np.int64))
+
+
+def label_frequencies(masks: MaskSource, manifest: Manifest) -> np.ndarray:
+    """Fraction of the non-ignored training pixels carrying each label (L = C + 1)."""
+    counts = np.zeros(manifest.num_classes + 1, dtype=np.int64)
+    for index, record in enumerate(manifest.records):
+        mask = masks.read(index, (record.height, record.width)) if record.height else \
+            masks.read(index, read_image(record.image_path).shape[:2])
+        counts += np.bincount(mask[mask != IGNORE_LABEL].ravel(), minlength=counts.size)
+    total = counts.sum()
+    if total == 0:
+        raise MaskError("the training masks label no pixel (all 255)")
+    return counts / total
+
+
+def class_balanced_weights(frequencies: np.ndarray) -> np.ndarray:
+    """Median-frequency balancing: median(f over present labels) / f_c; 0 for absent labels."""
+    frequencies = np.asarray(frequencies, dtype=np.float64)
+    present = frequencies > 0
+    weights = np.zeros_like(frequencies)
+    weights[present] = np.median(frequencies[present]) / frequencies[present]
+    return weights
