@@ -40,11 +40,11 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from wsss_steps.data.images import read_image, write_image  # noqa: E402
 from wsss_steps.data.manifest import read_manifest, write_manifest  # noqa: E402
 from wsss_steps.methods.cams import max_normalize  # noqa: E402
 from wsss_steps.networks.inputs import image_to_tensor  # noqa: E402
 from wsss_steps.networks.io import load_classifier  # noqa: E402
-from wsss_steps.store.images import read_image, write_image  # noqa: E402
 
 
 def erasure_probabilities(classifier: Path, manifest_path: Path, hard_threshold: float,

@@ -1,7 +1,7 @@
 rule train_classifier:
     input:
-        train=f"results/{{dataset}}/data/{TRAIN_SPLIT}.csv",
-        val=f"results/{{dataset}}/data/{VAL_SPLIT}.csv",
+        train=train_manifest,
+        val=val_manifest,
     output:
         model="results/{dataset}/classifier/{classifier}/model.pt",
         metrics="results/{dataset}/classifier/{classifier}/metrics.csv",

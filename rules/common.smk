@@ -10,7 +10,7 @@ sys.path.insert(0, workflow.basedir)
 # Jobs (local, in a conda env, or on cluster nodes) import the steps from this checkout.
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}:$PYTHONPATH; ")
 
-from wsss_steps.config_check import ConfigError, check_config, missing_weight_files  # noqa: E402
+from wsss_steps.workflow.config import ConfigError, check_config, missing_weight_files  # noqa: E402
 
 SCHEMA_PATH = os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
 with open(SCHEMA_PATH) as _schema_file:
@@ -35,10 +35,9 @@ _canonical_config = _sorted_mapping(config)
 config.clear()
 config.update(_canonical_config)
 
-DATASET = config["dataset"]["name"]
-TRAIN_SPLIT = config["dataset"]["train_split"]
-VAL_SPLIT = config["dataset"]["val_split"]
-SEED_SPLIT = TRAIN_SPLIT
+# Datasets by name, each with its settings (the config's `dataset:` section; one for now). Rules
+# take the dataset from their {dataset} wildcard and look its settings up here.
+DATASETS = {config["dataset"]["name"]: config["dataset"]}
 NUM_SHARDS = config["shards"]
 EXPERIMENTS = config["experiments"]
 RESOURCES = config["resources"]
@@ -50,14 +49,16 @@ SEGMENTATION = config["segmentation"]
 
 
 wildcard_constraints:
-    dataset=DATASET,
+    dataset="|".join(DATASETS),
     classifier="|".join(config["classifiers"]),
     seeds="|".join(config["seeds"]),
     masks="|".join([*config["seeds"], FULL]),
+    sweep_stage="seeds|seeds_crf|pseudo_masks|pseudo_masks_crf",
     seg_stage="segmentation|segmentation_crf",
     split="[A-Za-z0-9_]+",
     shard=r"\d+",
-    seed_stage="seeds|seeds_crf",
+    # A seeds name, or `full` (the segmentation network on ground-truth masks).
+    entry="|".join([*config["seeds"], FULL]),
 
 
 def cli_value(value):
@@ -80,9 +81,73 @@ def cli_options(settings, skip=()):
     return " ".join(options)
 
 
+# Datasets and their splits (rules/data.smk)
+
+# Generated datasets: their roots are generate_dataset's outputs.
+GENERATED_DATASETS = {name: d for name, d in DATASETS.items() if d["kind"] == "generated"}
+
+
+def dataset_settings(wildcards):
+    return DATASETS[wildcards.dataset]
+
+
+def train_split(wildcards):
+    """The split the classifier (and the segmentation network) trains on."""
+    return dataset_settings(wildcards)["train_split"]
+
+
+def val_split(wildcards):
+    return dataset_settings(wildcards)["val_split"]
+
+
+def seed_split(wildcards):
+    """The split seeds, affinity labels, random walk and pseudo masks are computed and evaluated on."""
+    return train_split(wildcards)
+
+
+def manifest(wildcards, split):
+    return f"results/{wildcards.dataset}/data/{split}.csv"
+
+
+def train_manifest(wildcards):
+    return manifest(wildcards, train_split(wildcards))
+
+
+def val_manifest(wildcards):
+    return manifest(wildcards, val_split(wildcards))
+
+
+def seed_manifest(wildcards):
+    return manifest(wildcards, seed_split(wildcards))
+
+
 def dataset_root_input(wildcards):
     """The generated dataset is a rule's output; other datasets are read where they are."""
-    return [config["dataset"]["root"]] if config["dataset"]["kind"] == "generated" else []
+    return [DATASETS[wildcards.dataset]["root"]] if wildcards.dataset in GENERATED_DATASETS else []
+
+
+# Map stages (rules/maps.smk): inferred in shards, each over one split, then merged by merge_maps.
+# Entries are seeds names (and `full` for segmentation); segmentation predicts the val split,
+# the other stages cover the seed split.
+MAP_STAGE_SPLITS = {"seeds": seed_split, "affinity_labels": seed_split, "random_walk": seed_split,
+                    "segmentation": val_split}
+
+
+def shard_files(wildcards):
+    """The NUM_SHARDS shard files of one stage's maps, in shard order (merge_maps' input)."""
+    return expand(
+        "results/{dataset}/{map_stage}/{classifier}/{entry}/shards/shard-{shard}-of-{n}.h5",
+        dataset=wildcards.dataset,
+        map_stage=wildcards.map_stage,
+        classifier=wildcards.classifier,
+        entry=wildcards.entry,
+        shard=range(NUM_SHARDS),
+        n=NUM_SHARDS,
+    )
+
+
+def map_stage_manifest(wildcards):
+    return manifest(wildcards, MAP_STAGE_SPLITS[wildcards.map_stage](wildcards))
 
 
 def seeds_stage_settings(section, wildcards):
@@ -104,27 +169,9 @@ def seed_settings(wildcards):
     return config["seeds"][wildcards.seeds]
 
 
-SEED_MODULES = {
-    "cam": "wsss_steps.cam_seeds",
-    "advcam": "wsss_steps.advcam",
-    "advcam_sal": "wsss_steps.advcam",
-}
-
-
 def seed_inputs(wildcards):
     settings = seed_settings(wildcards)
     return {"saliency": settings["saliency"]} if "saliency" in settings else {}
-
-
-def shard_paths(wildcards):
-    return expand(
-        "results/{dataset}/seeds/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
-        dataset=wildcards.dataset,
-        classifier=wildcards.classifier,
-        seeds=wildcards.seeds,
-        shard=range(NUM_SHARDS),
-        n=NUM_SHARDS,
-    )
 
 
 def has_segmentation(experiment):
@@ -150,16 +197,68 @@ def experiment_stages(experiment):
 
 
 def summary_row_files():
-    rows = [
-        f"results/{DATASET}/classifier/{name}/summary_rows.csv"
-        for name in sorted({e["classifier"] for e in EXPERIMENTS})
-    ]
-    for experiment in EXPERIMENTS:
-        for stage in experiment_stages(experiment):
-            rows.append(
-                f"results/{DATASET}/eval/{stage}/{experiment['classifier']}/{experiment['seeds']}/summary_rows.csv"
-            )
+    rows = []
+    for dataset in DATASETS:
+        rows += [
+            f"results/{dataset}/classifier/{name}/summary_rows.csv"
+            for name in sorted({e["classifier"] for e in EXPERIMENTS})
+        ]
+        for experiment in EXPERIMENTS:
+            for stage in experiment_stages(experiment):
+                folder = f"results/{dataset}/eval/{stage}/{experiment['classifier']}/{experiment['seeds']}"
+                rows.append(f"{folder}/summary_rows.csv")
     return rows
+
+
+# Evaluations (rules/evaluation.smk)
+
+EVALUATION = config["evaluation"]
+# The swept stages (the seed split; a background-threshold sweep, curve.csv) and the maps each scores.
+SWEEP_MAPS = {
+    "seeds": "seeds/{classifier}/{seeds}/maps.h5",
+    "seeds_crf": "seeds/{classifier}/{seeds}/maps.h5",
+    "pseudo_masks": "random_walk/{classifier}/{seeds}/maps.h5",
+    "pseudo_masks_crf": "pseudo_masks/{classifier}/{seeds}/masks.h5",
+}
+
+
+def sweep_maps(wildcards):
+    path = SWEEP_MAPS[wildcards.sweep_stage].format(classifier=wildcards.classifier, seeds=wildcards.seeds)
+    return f"results/{wildcards.dataset}/{path}"
+
+
+def pseudo_mask_threshold(wildcards):
+    return seeds_stage_settings("random_walk", wildcards)["sem_seg_bg_thres"]
+
+
+def sweep_settings(wildcards):
+    """What a swept stage's scores depend on besides its inputs (a param: changed, it reruns)."""
+    if wildcards.sweep_stage in ("seeds", "seeds_crf"):
+        return EVALUATION["seeds"]
+    if wildcards.sweep_stage == "pseudo_masks":
+        return EVALUATION["pseudo_masks"]
+    return {"threshold": pseudo_mask_threshold(wildcards)}
+
+
+def sweep_options(wildcards):
+    """A swept stage's --map-name and --thresholds (start stop step), and dCRF options."""
+    stage = wildcards.sweep_stage
+    if stage == "seeds":
+        return f"--map-name cam --thresholds {cli_value(EVALUATION['seeds']['thresholds'])}"
+    if stage == "seeds_crf":
+        return (f"--map-name cam --thresholds {cli_value(EVALUATION['seeds']['crf_thresholds'])} "
+                f"--crf --workers {EVALUATION['seeds']['crf_workers']}")
+    if stage == "pseudo_masks":
+        # The random walk's normalised scores, swept over sem_seg_bg_thres (best recorded).
+        return f"--map-name cam --thresholds {cli_value(EVALUATION['pseudo_masks']['thresholds'])}"
+    # pseudo_masks_crf: the dCRF-refined masks at the walk's sem_seg_bg_thres. Their one-hot form
+    # scored at that single threshold reproduces the masks exactly.
+    threshold = cli_value(pseudo_mask_threshold(wildcards))
+    return f"--map-name mask_onehot --thresholds {threshold} {threshold} 1"
+
+
+def sweep_threads(wildcards):
+    return EVALUATION["seeds"]["crf_workers"] if wildcards.sweep_stage == "seeds_crf" else 1
 
 
 # Segmentation (rules/segmentation.smk)
@@ -189,15 +288,9 @@ def segmentation_sources(wildcards, input):
     return f"{masks} {init}"
 
 
-def segmentation_shard_paths(wildcards):
-    return expand(
-        "results/{dataset}/segmentation/{classifier}/{masks}/shards/shard-{shard}-of-{n}.h5",
-        dataset=wildcards.dataset,
-        classifier=wildcards.classifier,
-        masks=wildcards.masks,
-        shard=range(NUM_SHARDS),
-        n=NUM_SHARDS,
-    )
+SEGMENTATION_INFERENCE = cli_options(
+    {"scales": SEGMENTATION["test_scales"], "flip": SEGMENTATION["flip"], "crf": SEGMENTATION["crf"]}
+)
 
 
 # Report (rules/report.smk)
@@ -226,8 +319,8 @@ def per_class_tables(wildcards):
 def gallery_inputs(wildcards):
     base = f"results/{wildcards.dataset}"
     inputs = {
-        "model": f"{base}/segmentation/{wildcards.classifier}/{wildcards.masks}/model.pt",
-        "manifest": f"{base}/data/{SEED_SPLIT}.csv",
+        "manifest": seed_manifest(wildcards),
+        "predictions": f"{base}/segmentation/{wildcards.classifier}/{wildcards.masks}/gallery.h5",
     }
     if wildcards.masks != FULL:
         inputs["seeds"] = f"{base}/seeds/{wildcards.classifier}/{wildcards.masks}/maps.h5"
@@ -241,12 +334,14 @@ def pairs(mapping):
 
 
 def report_files():
-    files = [f"results/{DATASET}/report/stages.html"]
-    for experiment in SEGMENTATION_EXPERIMENTS:
-        folder = f"results/{DATASET}/report/{experiment['classifier']}/{experiment['seeds']}"
-        files += [f"{folder}/per_class.png", f"{folder}/gallery.png"]
-        if experiment["seeds"] != FULL:
-            files.append(f"{folder}/sweep.png")
-        png = f"results/{DATASET}/segmentation/{experiment['classifier']}/{experiment['seeds']}"
-        files += [f"{png}/png", f"{png}/png_crf"] if SEGMENTATION["crf"] else [f"{png}/png"]
+    files = []
+    for dataset in DATASETS:
+        files.append(f"results/{dataset}/report/stages.html")
+        for experiment in SEGMENTATION_EXPERIMENTS:
+            folder = f"results/{dataset}/report/{experiment['classifier']}/{experiment['seeds']}"
+            files += [f"{folder}/per_class.png", f"{folder}/gallery.png"]
+            if experiment["seeds"] != FULL:
+                files.append(f"{folder}/sweep.png")
+            png = f"results/{dataset}/segmentation/{experiment['classifier']}/{experiment['seeds']}"
+            files += [f"{png}/png", f"{png}/png_crf"] if SEGMENTATION["crf"] else [f"{png}/png"]
     return files

@@ -1,20 +1,26 @@
-rule generate_dataset:
-    output:
-        directory(config["dataset"]["root"]),
-    params:
-        options=cli_options(config["dataset"].get("generator", {})),
-    log:
-        f"logs/{DATASET}/generate_dataset.log",
-    benchmark:
-        f"results/{DATASET}/benchmarks/generate_dataset.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../envs/wsss.yaml"
-    shell:
-        "python -m wsss_steps.generate_dataset --out {output} {params.options} 2> {log}"
+# A generated dataset's root is a path from the config, not a pattern with a {dataset} wildcard:
+# one rule per generated dataset (named generate_dataset while there is one).
+for _name, _dataset in GENERATED_DATASETS.items():
+
+    rule:
+        name:
+            "generate_dataset" if len(GENERATED_DATASETS) == 1 else f"generate_dataset_{_name}"
+        output:
+            directory(_dataset["root"]),
+        params:
+            options=cli_options(_dataset.get("generator", {})),
+        log:
+            f"logs/{_name}/generate_dataset.log",
+        benchmark:
+            f"results/{_name}/benchmarks/generate_dataset.tsv"
+        threads: 1
+        resources:
+            mem_mb=2000,
+            runtime=30,
+        conda:
+            "../envs/wsss.yaml"
+        shell:
+            "python -m wsss_steps.generate_dataset --out {output} {params.options} 2> {log}"
 
 
 rule prepare_data:
@@ -23,17 +29,17 @@ rule prepare_data:
     output:
         "results/{dataset}/data/{split}.csv",
     params:
-        dataset={k: v for k, v in config["dataset"].items() if k != "generator"},
+        dataset=lambda w: {k: v for k, v in dataset_settings(w).items() if k != "generator"},
         options=lambda w: cli_options(
             {
-                "kind": config["dataset"]["kind"],
-                "root": config["dataset"]["root"],
+                "kind": dataset_settings(w)["kind"],
+                "root": dataset_settings(w)["root"],
                 "name": w.dataset,
-                "label_source": config["dataset"]["label_source"],
-                "labels_csv": config["dataset"].get("labels_csv"),
+                "label_source": dataset_settings(w)["label_source"],
+                "labels_csv": dataset_settings(w).get("labels_csv"),
             }
         ),
-        require_masks=lambda w: "--require-masks" if w.split == SEED_SPLIT else "",
+        require_masks=lambda w: "--require-masks" if w.split == seed_split(w) else "",
     log:
         "logs/{dataset}/prepare_data_{split}.log",
     benchmark:

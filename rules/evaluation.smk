@@ -1,38 +1,66 @@
-rule evaluate_seeds:
+# Evaluations against the ground truth, one summary_rows.csv per stage, experiment and dataset, and
+# their table results/summary.csv.
+#   evaluate_sweep: the stages on the seed split, scored over a background-threshold sweep
+#     (curve.csv; the best threshold recorded): seeds, seeds_crf, pseudo_masks, pseudo_masks_crf.
+#   evaluate_segmentation: the segmentation network's label maps on the val split (segmentation,
+#     segmentation_crf).
+# Config section: evaluation.
+
+
+rule evaluate_sweep:
     input:
-        maps="results/{dataset}/seeds/{classifier}/{seeds}/maps.h5",
-        manifest=f"results/{{dataset}}/data/{SEED_SPLIT}.csv",
+        maps=sweep_maps,
+        manifest=seed_manifest,
     output:
-        curve="results/{dataset}/eval/{seed_stage}/{classifier}/{seeds}/curve.csv",
-        per_class="results/{dataset}/eval/{seed_stage}/{classifier}/{seeds}/per_class.csv",
-        rows="results/{dataset}/eval/{seed_stage}/{classifier}/{seeds}/summary_rows.csv",
+        curve="results/{dataset}/eval/{sweep_stage}/{classifier}/{seeds}/curve.csv",
+        per_class="results/{dataset}/eval/{sweep_stage}/{classifier}/{seeds}/per_class.csv",
+        rows="results/{dataset}/eval/{sweep_stage}/{classifier}/{seeds}/summary_rows.csv",
     params:
-        settings=config["evaluation"]["seeds"],
-        thresholds=lambda w: cli_value(
-            config["evaluation"]["seeds"]["crf_thresholds" if w.seed_stage == "seeds_crf" else "thresholds"]
-        ),
-        crf=lambda w: (
-            f"--crf --workers {config['evaluation']['seeds']['crf_workers']}"
-            if w.seed_stage == "seeds_crf"
-            else ""
-        ),
-        split=SEED_SPLIT,
+        settings=sweep_settings,
+        options=sweep_options,
+        split=seed_split,
     log:
-        "logs/{dataset}/evaluate_{seed_stage}_{classifier}_{seeds}.log",
+        "logs/{dataset}/evaluate_{sweep_stage}_{classifier}_{seeds}.log",
     benchmark:
-        "results/{dataset}/benchmarks/evaluate_{seed_stage}_{classifier}_{seeds}.tsv"
-    threads: lambda w: config["evaluation"]["seeds"]["crf_workers"] if w.seed_stage == "seeds_crf" else 1
+        "results/{dataset}/benchmarks/evaluate_{sweep_stage}_{classifier}_{seeds}.tsv"
+    threads: sweep_threads
     resources:
         mem_mb=4000,
         runtime=120,
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.evaluate_seeds --manifest {input.manifest} --maps {input.maps} --map-name cam "
-        "--thresholds {params.thresholds} {params.crf} --dataset {wildcards.dataset} "
-        "--stage {wildcards.seed_stage} --method {wildcards.seeds} --classifier {wildcards.classifier} "
-        "--split {params.split} --curve {output.curve} --per-class {output.per_class} "
-        "--summary {output.rows} 2> {log}"
+        "python -m wsss_steps.evaluate --manifest {input.manifest} --maps {input.maps} {params.options} "
+        "--dataset {wildcards.dataset} --stage {wildcards.sweep_stage} --method {wildcards.seeds} "
+        "--classifier {wildcards.classifier} --split {params.split} --curve {output.curve} "
+        "--per-class {output.per_class} --summary {output.rows} 2> {log}"
+
+
+rule evaluate_segmentation:
+    input:
+        maps="results/{dataset}/segmentation/{classifier}/{masks}/maps.h5",
+        manifest=val_manifest,
+    output:
+        per_class="results/{dataset}/eval/{seg_stage}/{classifier}/{masks}/per_class.csv",
+        rows="results/{dataset}/eval/{seg_stage}/{classifier}/{masks}/summary_rows.csv",
+    params:
+        map_name=lambda w: "mask_crf" if w.seg_stage == "segmentation_crf" else "mask",
+        split=val_split,
+    log:
+        "logs/{dataset}/evaluate_{seg_stage}_{classifier}_{masks}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/evaluate_{seg_stage}_{classifier}_{masks}.tsv"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=60,
+    conda:
+        "../envs/wsss.yaml"
+    shell:
+        "python -m wsss_steps.evaluate --manifest {input.manifest} --maps {input.maps} "
+        "--map-name {params.map_name} --label-map --dataset {wildcards.dataset} --stage {wildcards.seg_stage} "
+        "--method {wildcards.masks} --classifier {wildcards.classifier} --split {params.split} "
+        "--per-class {output.per_class} --summary {output.rows} 2> {log}"
 
 
 rule summary:

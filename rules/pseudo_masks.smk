@@ -1,12 +1,13 @@
-# Pseudo masks (METHODS §5): affinity labels → relation network → random walk → pseudo masks,
-# and their evaluations (stages pseudo_masks and pseudo_masks_crf).
-# Config sections: affinity, relation, random_walk, pseudo_masks, evaluation.pseudo_masks.
+# Pseudo masks (METHODS §5): affinity labels → relation network → random walk → pseudo masks.
+# Affinity labels and the random walk run one job per shard of the seed split (merged by
+# merge_maps); their evaluations (stages pseudo_masks, pseudo_masks_crf) are in evaluation.smk.
+# Config sections: affinity, relation, random_walk, pseudo_masks.
 
 
 rule affinity_labels_shard:
     input:
         seeds="results/{dataset}/seeds/{classifier}/{seeds}/maps.h5",
-        manifest=f"results/{{dataset}}/data/{SEED_SPLIT}.csv",
+        manifest=seed_manifest,
     output:
         "results/{dataset}/affinity_labels/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
     params:
@@ -27,38 +28,11 @@ rule affinity_labels_shard:
         "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output} {params.options} 2> {log}"
 
 
-rule merge_affinity_labels:
-    input:
-        shards=lambda w: expand(
-            "results/{dataset}/affinity_labels/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
-            dataset=w.dataset,
-            classifier=w.classifier,
-            seeds=w.seeds,
-            shard=range(NUM_SHARDS),
-            n=NUM_SHARDS,
-        ),
-        manifest=f"results/{{dataset}}/data/{SEED_SPLIT}.csv",
-    output:
-        "results/{dataset}/affinity_labels/{classifier}/{seeds}/maps.h5",
-    log:
-        "logs/{dataset}/merge_affinity_labels_{classifier}_{seeds}.log",
-    benchmark:
-        "results/{dataset}/benchmarks/merge_affinity_labels_{classifier}_{seeds}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=60,
-    conda:
-        "../envs/wsss.yaml"
-    shell:
-        "python -m wsss_steps.merge_maps --manifest {input.manifest} --out {output} {input.shards} 2> {log}"
-
-
 rule train_relation:
     input:
         classifier="results/{dataset}/classifier/{classifier}/model.pt",
         labels="results/{dataset}/affinity_labels/{classifier}/{seeds}/maps.h5",
-        manifest=f"results/{{dataset}}/data/{SEED_SPLIT}.csv",
+        manifest=seed_manifest,
     output:
         model="results/{dataset}/relation/{classifier}/{seeds}/model.pt",
         metrics="results/{dataset}/relation/{classifier}/{seeds}/metrics.csv",
@@ -90,7 +64,7 @@ rule random_walk_shard:
     input:
         relation="results/{dataset}/relation/{classifier}/{seeds}/model.pt",
         seeds="results/{dataset}/seeds/{classifier}/{seeds}/maps.h5",
-        manifest=f"results/{{dataset}}/data/{SEED_SPLIT}.csv",
+        manifest=seed_manifest,
     output:
         "results/{dataset}/random_walk/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
     params:
@@ -113,37 +87,10 @@ rule random_walk_shard:
         "--method {wildcards.seeds} {params.options} --device {params.device} --threads {threads} 2> {log}"
 
 
-rule merge_random_walk:
-    input:
-        shards=lambda w: expand(
-            "results/{dataset}/random_walk/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
-            dataset=w.dataset,
-            classifier=w.classifier,
-            seeds=w.seeds,
-            shard=range(NUM_SHARDS),
-            n=NUM_SHARDS,
-        ),
-        manifest=f"results/{{dataset}}/data/{SEED_SPLIT}.csv",
-    output:
-        "results/{dataset}/random_walk/{classifier}/{seeds}/maps.h5",
-    log:
-        "logs/{dataset}/merge_random_walk_{classifier}_{seeds}.log",
-    benchmark:
-        "results/{dataset}/benchmarks/merge_random_walk_{classifier}_{seeds}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=60,
-    conda:
-        "../envs/wsss.yaml"
-    shell:
-        "python -m wsss_steps.merge_maps --manifest {input.manifest} --out {output} {input.shards} 2> {log}"
-
-
 rule pseudo_masks:
     input:
         maps="results/{dataset}/random_walk/{classifier}/{seeds}/maps.h5",
-        manifest=f"results/{{dataset}}/data/{SEED_SPLIT}.csv",
+        manifest=seed_manifest,
     output:
         masks="results/{dataset}/pseudo_masks/{classifier}/{seeds}/masks.h5",
         png=directory("results/{dataset}/pseudo_masks/{classifier}/{seeds}/png"),
@@ -163,64 +110,3 @@ rule pseudo_masks:
     shell:
         "python -m wsss_steps.pseudo_masks --maps {input.maps} --manifest {input.manifest} "
         "--out {output.masks} --export-png {output.png} {params.options} 2> {log}"
-
-
-# pseudo_masks: the sweep of sem_seg_bg_thres over the walk's normalised scores (best recorded).
-rule evaluate_pseudo_masks:
-    input:
-        maps="results/{dataset}/random_walk/{classifier}/{seeds}/maps.h5",
-        manifest=f"results/{{dataset}}/data/{SEED_SPLIT}.csv",
-    output:
-        curve="results/{dataset}/eval/pseudo_masks/{classifier}/{seeds}/curve.csv",
-        per_class="results/{dataset}/eval/pseudo_masks/{classifier}/{seeds}/per_class.csv",
-        rows="results/{dataset}/eval/pseudo_masks/{classifier}/{seeds}/summary_rows.csv",
-    params:
-        settings=config["evaluation"]["pseudo_masks"],
-        thresholds=cli_value(config["evaluation"]["pseudo_masks"]["thresholds"]),
-        split=SEED_SPLIT,
-    log:
-        "logs/{dataset}/evaluate_pseudo_masks_{classifier}_{seeds}.log",
-    benchmark:
-        "results/{dataset}/benchmarks/evaluate_pseudo_masks_{classifier}_{seeds}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=120,
-    conda:
-        "../envs/wsss.yaml"
-    shell:
-        "python -m wsss_steps.evaluate_seeds --manifest {input.manifest} --maps {input.maps} --map-name cam "
-        "--thresholds {params.thresholds} --dataset {wildcards.dataset} --stage pseudo_masks "
-        "--method {wildcards.seeds} --classifier {wildcards.classifier} --split {params.split} "
-        "--curve {output.curve} --per-class {output.per_class} --summary {output.rows} 2> {log}"
-
-
-# pseudo_masks_crf: the dCRF-refined masks at the walk's sem_seg_bg_thres. evaluate_seeds scores
-# their one-hot form at that single threshold, which reproduces the masks exactly.
-rule evaluate_pseudo_masks_crf:
-    input:
-        masks="results/{dataset}/pseudo_masks/{classifier}/{seeds}/masks.h5",
-        manifest=f"results/{{dataset}}/data/{SEED_SPLIT}.csv",
-    output:
-        curve="results/{dataset}/eval/pseudo_masks_crf/{classifier}/{seeds}/curve.csv",
-        per_class="results/{dataset}/eval/pseudo_masks_crf/{classifier}/{seeds}/per_class.csv",
-        rows="results/{dataset}/eval/pseudo_masks_crf/{classifier}/{seeds}/summary_rows.csv",
-    params:
-        threshold=lambda w: seeds_stage_settings("random_walk", w)["sem_seg_bg_thres"],
-        split=SEED_SPLIT,
-    log:
-        "logs/{dataset}/evaluate_pseudo_masks_crf_{classifier}_{seeds}.log",
-    benchmark:
-        "results/{dataset}/benchmarks/evaluate_pseudo_masks_crf_{classifier}_{seeds}.tsv"
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=120,
-    conda:
-        "../envs/wsss.yaml"
-    shell:
-        "python -m wsss_steps.evaluate_seeds --manifest {input.manifest} --maps {input.masks} "
-        "--map-name mask_onehot --thresholds {params.threshold} {params.threshold} 1 "
-        "--dataset {wildcards.dataset} --stage pseudo_masks_crf --method {wildcards.seeds} "
-        "--classifier {wildcards.classifier} --split {params.split} --curve {output.curve} "
-        "--per-class {output.per_class} --summary {output.rows} 2> {log}"

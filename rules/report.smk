@@ -96,11 +96,11 @@ rule report_gallery:
     params:
         gallery_images=config["report"]["gallery_images"],
         stages=lambda w, input: " ".join(
-            f"--{name.replace('_', '-')} {path}" for name, path in input.items() if name not in ("model", "manifest")
+            f"--{name.replace('_', '-')} {path}"
+            for name, path in input.items()
+            if name not in ("manifest", "predictions")
         ),
-        options=cli_options(
-            {"scales": SEGMENTATION["test_scales"], "flip": SEGMENTATION["flip"], "crf": SEGMENTATION["crf"]}
-        ),
+        crf=cli_options({"crf": SEGMENTATION["crf"]}),
     log:
         "logs/{dataset}/report_gallery_{classifier}_{masks}.log",
     benchmark:
@@ -112,5 +112,6 @@ rule report_gallery:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.report_figures gallery --manifest {input.manifest} --model {input.model} "
-        "{params.stages} --count {params.gallery_images} {params.options} --threads {threads} --out {output} 2> {log}"
+        "python -m wsss_steps.report_figures gallery --manifest {input.manifest} "
+        "--predictions {input.predictions} {params.stages} --count {params.gallery_images} {params.crf} "
+        "--out {output} 2> {log}"

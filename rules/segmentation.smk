@@ -1,12 +1,14 @@
 # Segmentation network (METHODS §6) on each experiment's pseudo masks, or on the ground truth
 # (seeds name `full`: the fully supervised upper bound); multi-scale + flip inference on the val
-# split with DeepLab's dCRF; evaluations (stages segmentation, segmentation_crf); VOC palette PNGs.
+# split with DeepLab's dCRF, one job per shard (merged by merge_maps into maps.h5; evaluations,
+# stages segmentation and segmentation_crf, in evaluation.smk); VOC palette PNGs; the same
+# inference on the report gallery's images of the seed split.
 # Config section: segmentation (training keys rerun training; test_scales/flip/crf only inference).
 
 rule train_segmentation:
     input:
         unpack(segmentation_train_inputs),
-        manifest=f"results/{{dataset}}/data/{TRAIN_SPLIT}.csv",
+        manifest=train_manifest,
     output:
         model="results/{dataset}/segmentation/{classifier}/{masks}/model.pt",
         metrics="results/{dataset}/segmentation/{classifier}/{masks}/metrics.csv",
@@ -39,14 +41,12 @@ rule train_segmentation:
 rule segment_shard:
     input:
         model="results/{dataset}/segmentation/{classifier}/{masks}/model.pt",
-        manifest=f"results/{{dataset}}/data/{VAL_SPLIT}.csv",
+        manifest=val_manifest,
     output:
         "results/{dataset}/segmentation/{classifier}/{masks}/shards/shard-{shard}-of-{n}.h5",
     params:
         settings={k: SEGMENTATION[k] for k in SEGMENTATION_INFERENCE_KEYS},
-        options=cli_options(
-            {"scales": SEGMENTATION["test_scales"], "flip": SEGMENTATION["flip"], "crf": SEGMENTATION["crf"]}
-        ),
+        options=SEGMENTATION_INFERENCE,
         device=config["device"],
     log:
         "logs/{dataset}/segment_{classifier}_{masks}_shard-{shard}-of-{n}.log",
@@ -64,31 +64,11 @@ rule segment_shard:
         "{params.options} --device {params.device} --threads {threads} 2> {log}"
 
 
-rule merge_segmentation:
-    input:
-        shards=segmentation_shard_paths,
-        manifest=f"results/{{dataset}}/data/{VAL_SPLIT}.csv",
-    output:
-        "results/{dataset}/segmentation/{classifier}/{masks}/predictions.h5",
-    log:
-        "logs/{dataset}/merge_segmentation_{classifier}_{masks}.log",
-    benchmark:
-        "results/{dataset}/benchmarks/merge_segmentation_{classifier}_{masks}.tsv"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=60,
-    conda:
-        "../envs/wsss.yaml"
-    shell:
-        "python -m wsss_steps.merge_maps --manifest {input.manifest} --out {output} {input.shards} 2> {log}"
-
-
 # The val predictions as VOC palette PNGs: png/ (segmentation), png_crf/ (segmentation_crf).
 rule export_segmentation_png:
     input:
-        maps="results/{dataset}/segmentation/{classifier}/{masks}/predictions.h5",
-        manifest=f"results/{{dataset}}/data/{VAL_SPLIT}.csv",
+        maps="results/{dataset}/segmentation/{classifier}/{masks}/maps.h5",
+        manifest=val_manifest,
     output:
         directory("results/{dataset}/segmentation/{classifier}/{masks}/{png_dir}"),
     wildcard_constraints:
@@ -110,28 +90,30 @@ rule export_segmentation_png:
         "--manifest {input.manifest} --out {output} 2> {log}"
 
 
-rule evaluate_segmentation:
+# The report gallery's images of the seed split (report.gallery_images of them), segmented as the
+# val split is (report_gallery draws them).
+rule segment_gallery:
     input:
-        maps="results/{dataset}/segmentation/{classifier}/{masks}/predictions.h5",
-        manifest=f"results/{{dataset}}/data/{VAL_SPLIT}.csv",
+        model="results/{dataset}/segmentation/{classifier}/{masks}/model.pt",
+        manifest=seed_manifest,
     output:
-        per_class="results/{dataset}/eval/{seg_stage}/{classifier}/{masks}/per_class.csv",
-        rows="results/{dataset}/eval/{seg_stage}/{classifier}/{masks}/summary_rows.csv",
+        "results/{dataset}/segmentation/{classifier}/{masks}/gallery.h5",
     params:
-        map_name=lambda w: "mask_crf" if w.seg_stage == "segmentation_crf" else "mask",
-        split=VAL_SPLIT,
+        settings={k: SEGMENTATION[k] for k in SEGMENTATION_INFERENCE_KEYS},
+        gallery_images=config["report"]["gallery_images"],
+        options=SEGMENTATION_INFERENCE,
+        device=config["device"],
     log:
-        "logs/{dataset}/evaluate_{seg_stage}_{classifier}_{masks}.log",
+        "logs/{dataset}/segment_gallery_{classifier}_{masks}.log",
     benchmark:
-        "results/{dataset}/benchmarks/evaluate_{seg_stage}_{classifier}_{masks}.tsv"
+        "results/{dataset}/benchmarks/segment_gallery_{classifier}_{masks}.tsv"
     threads: 1
     resources:
-        mem_mb=4000,
-        runtime=60,
+        mem_mb=RESOURCES["infer_mem_mb"],
+        runtime=RESOURCES["infer_runtime_min"],
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.evaluate_seeds --manifest {input.manifest} --maps {input.maps} "
-        "--map-name {params.map_name} --label-map --dataset {wildcards.dataset} --stage {wildcards.seg_stage} "
-        "--method {wildcards.masks} --classifier {wildcards.classifier} --split {params.split} "
-        "--per-class {output.per_class} --summary {output.rows} 2> {log}"
+        "python -m wsss_steps.segment --model {input.model} --manifest {input.manifest} "
+        "--gallery {params.gallery_images} --out {output} --method {wildcards.masks} "
+        "{params.options} --device {params.device} --threads {threads} 2> {log}"

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from wsss_steps import seeds
+from wsss_steps.data.images import write_image
 from wsss_steps.data.manifest import ImageRecord, Manifest, write_manifest
 from wsss_steps.methods import advcam
 from wsss_steps.methods.advcam import (
@@ -25,7 +26,6 @@ from wsss_steps.methods.cams import multiscale_cams
 from wsss_steps.networks.backbones import build_backbone
 from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.io import save_classifier
-from wsss_steps.store.images import write_image
 from wsss_steps.store.maps import MapReader, MapWriter
 from wsss_steps.store.shards import write_seed_shard
 

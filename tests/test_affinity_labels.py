@@ -9,10 +9,10 @@ import pytest
 
 from wsss_steps import affinity_labels
 from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.images import IGNORE_LABEL
 from wsss_steps.data.manifest import ImageRecord, Manifest, write_manifest
 from wsss_steps.methods.affinity import saliency_labels, two_threshold_labels
 from wsss_steps.methods.labels import padded_argmax
-from wsss_steps.store.images import IGNORE_LABEL
 from wsss_steps.store.maps import MapReader, MapWriter
 
 from .test_datasets import make_voc_layout

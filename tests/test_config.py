@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from wsss_steps.config_check import ConfigError, check_config, missing_weight_files
+from wsss_steps.workflow.config import ConfigError, check_config, missing_weight_files
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from wsss_steps.data.adapters import Voc2012Dataset, VocLayoutDataset, build_manifest
+from wsss_steps.data.images import write_image, write_label_mask
 from wsss_steps.data.manifest import DatasetError, read_manifest, validate_image_id, write_manifest
 from wsss_steps.prepare_data import main as prepare_data_main
-from wsss_steps.store.images import write_image, write_label_mask
 
 
 def make_voc_layout(root: Path, labels: dict[str, str], classes=("cat", "dog"), size=(20, 24)) -> Path:
@@ -115,3 +115,27 @@ def test_prepare_data_cli_writes_manifest(tmp_path: Path) -> None:
                        "--out-dir", str(tmp_path / "data"), "--require-masks"])
     assert (tmp_path / "data" / "classes.txt").read_text() == "cat\ndog\n"
     assert read_manifest(tmp_path / "data" / "train.csv").ids == ["a1", "a2"]
+
+
+def test_boxes_reach_the_manifest_and_bad_rows_are_named(tmp_path: Path) -> None:
+    from wsss_steps.data.manifest import Box
+
+    root = make_voc_layout(tmp_path / "ds", {"a1": "cat", "a2": "dog cat"})
+    (root / "boxes.csv").write_text("image_id,class,x_min,y_min,x_max,y_max\n"
+                                    "a2,dog,0,4,23,7\na2,cat,1,0,10,3\na1,cat,0,0,23,19\n")
+    manifest = build_manifest(VocLayoutDataset(root, name="toy"), "train", require_masks=True)
+    assert manifest.records[1].boxes == (Box(1, 0, 4, 23, 7), Box(0, 1, 0, 10, 3))
+    again = read_manifest(write_manifest(manifest, tmp_path / "data"))
+    assert [r.boxes for r in again.records] == [r.boxes for r in manifest.records]
+    (root / "boxes.csv").write_text("image_id,class,x_min,y_min,x_max,y_max\na1,cat,0,0,24,19\n")
+    with pytest.raises(DatasetError, match=r"image 'a1': box \(0, 0, 24, 19\) lies outside the 24×20 image"):
+        build_manifest(VocLayoutDataset(root, name="toy"), "train", require_masks=True)
+    (root / "boxes.csv").write_text("image_id,class,x_min,y_min,x_max,y_max\na1,bird,0,0,3,3\n")
+    with pytest.raises(DatasetError, match=r"boxes.csv line 2: unknown class 'bird'"):
+        build_manifest(VocLayoutDataset(root, name="toy"), "train", require_masks=True)
+
+
+def test_manifest_without_boxes_keeps_its_columns(tmp_path: Path) -> None:
+    root = make_voc_layout(tmp_path / "ds", {"a1": "cat"})
+    path = write_manifest(build_manifest(VocLayoutDataset(root), "train", True), tmp_path / "data")
+    assert path.read_text().splitlines()[0] == "image_id,image,mask,labels,height,width"

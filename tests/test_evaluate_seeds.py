@@ -5,12 +5,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from wsss_steps.data.images import write_image, write_label_mask
 from wsss_steps.data.manifest import ImageRecord, Manifest, read_manifest, write_manifest
 from wsss_steps.evaluate import main
 from wsss_steps.evaluation.masks import EvaluationError, evaluate_seeds, threshold_list
 from wsss_steps.evaluation.metrics import confusion_matrix
 from wsss_steps.evaluation.summary import SummaryError, summarize
-from wsss_steps.store.images import write_image, write_label_mask
 from wsss_steps.store.maps import MapWriter, merge_shards, shard_path
 
 CLASSES = ("cat", "dog")

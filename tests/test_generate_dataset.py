@@ -22,9 +22,9 @@ from wsss_steps.data.generated import (
     generate_dataset,
     render_image,
 )
+from wsss_steps.data.images import IGNORE_LABEL, read_image, read_label_mask
 from wsss_steps.data.manifest import validate_image_id
 from wsss_steps.generate_dataset import main
-from wsss_steps.store.images import IGNORE_LABEL, read_image, read_label_mask
 
 SMALL = GeneratorSettings(num_train=10, num_val=4, image_size=64, seed=3)
 

@@ -102,7 +102,7 @@ def check_interrupted_run(workdir: Path, uninterrupted: Path, reference: subproc
     # 2. The rerun resumes training from there; then a seed shard is killed half-way.
     partial = workdir / SEEDS / "shards" / "shard-0-of-2.h5.partial"
     shard_log = workdir / "logs/tiny/seeds_cam_advcam_shard-0-of-2.log"
-    run_and_kill(workdir, "wsss_steps.advcam --classifier results/tiny/classifier/cam/model.pt "
+    run_and_kill(workdir, "wsss_steps.seeds --classifier results/tiny/classifier/cam/model.pt "
                  "--manifest results/tiny/data/train.csv --shard 0 ", lambda: images_done(shard_log) >= 1)
     log = (workdir / "logs/tiny/train_classifier_cam.log").read_text()
     assert f"after epoch {killed_after} of 6" in log, log
@@ -110,7 +110,7 @@ def check_interrupted_run(workdir: Path, uninterrupted: Path, reference: subproc
     assert partial.exists() and not shard.exists()
     # Neither snakemake (the shard is missing, so it is planned again) nor the merge takes it.
     dry = snakemake(workdir, "--cores", "2", "--dry-run", TARGET).stdout
-    assert "seeds_shard" in dry and "merge_seeds" in dry
+    assert "seeds_shard" in dry and "merge_maps" in dry
     merge = subprocess.run(["python", "-m", "wsss_steps.merge_maps", "--manifest",
                             str(workdir / "results/tiny/data/train.csv"), "--out", str(workdir / "merged.h5"),
                             str(partial), str(workdir / SEEDS / "shards" / "shard-1-of-2.h5")],

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from wsss_steps import pseudo_masks, random_walk
+from wsss_steps.data.images import read_label_mask
 from wsss_steps.data.manifest import read_manifest
 from wsss_steps.evaluation.masks import evaluate_seeds
 from wsss_steps.evaluation.metrics import precision_per_class, recall_per_class
@@ -29,7 +30,6 @@ from wsss_steps.methods.random_walk import random_walk as walk_seeds
 from wsss_steps.networks.backbones import build_backbone
 from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.relation import RelationNet, save_relation
-from wsss_steps.store.images import read_label_mask
 from wsss_steps.store.maps import MapReader
 
 from .test_affinity_labels import write_seed_file

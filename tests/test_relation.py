@@ -11,6 +11,7 @@ import torch
 
 from wsss_steps import train_relation
 from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.images import IGNORE_LABEL, write_image, write_label_mask
 from wsss_steps.data.manifest import Manifest, write_manifest
 from wsss_steps.networks.backbones import build_backbone
 from wsss_steps.networks.classifier import CamClassifier
@@ -28,7 +29,6 @@ from wsss_steps.networks.relation import (
     save_relation,
     search_directions,
 )
-from wsss_steps.store.images import IGNORE_LABEL, write_image, write_label_mask
 from wsss_steps.store.maps import MapWriter
 
 
@@ -171,7 +171,7 @@ def make_shapes_dataset(root: Path, count: int = 6) -> tuple[Path, Manifest]:
 
 def write_mask_labels(path: Path, manifest: Manifest) -> None:
     """Affinity labels from the ground truth, with a 255 ring where two labels meet."""
-    from wsss_steps.store.images import read_label_mask
+    from wsss_steps.data.images import read_label_mask
 
     with MapWriter(path, stage="affinity_labels", method="gt", params={}, dataset=manifest.dataset) as writer:
         for record in manifest.records:

@@ -45,7 +45,12 @@ def test_every_job_is_sized_and_gpus_follow_the_config(tmp_path: Path, gpu_avail
         advcam = job["rule"] == "seeds_shard" and "seeds=advcam" in job["wildcards"]
         wants_gpu = gpu_available and (job["rule"] in GPU_RULES or advcam)
         assert int(resources.get("gpu", 0)) == int(wants_gpu), job
-    # One job per shard for every inference stage and experiment.
+    # One job per shard for every inference stage and experiment, one merge of each stage's shards.
     count = {rule: sum(job["rule"] == rule for job in jobs) for rule in
-             ["seeds_shard", "affinity_labels_shard", "random_walk_shard", "merge_seeds"]}
-    assert count == {"seeds_shard": 6, "affinity_labels_shard": 3, "random_walk_shard": 3, "merge_seeds": 2}
+             ["seeds_shard", "affinity_labels_shard", "random_walk_shard", "segment_shard"]}
+    assert count == {"seeds_shard": 6, "affinity_labels_shard": 3, "random_walk_shard": 3, "segment_shard": 3}
+    merges = [job["wildcards"] for job in jobs if job["rule"] == "merge_maps"]
+    merged = {stage: sum(f"map_stage={stage}," in w for w in merges)
+              for stage in ["seeds", "affinity_labels", "random_walk", "segmentation"]}
+    assert merged == {"seeds": 2, "affinity_labels": 1, "random_walk": 1, "segmentation": 1}
+    assert len(merges) == 5

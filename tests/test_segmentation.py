@@ -14,6 +14,7 @@ from PIL import Image
 
 from tests.test_relation import make_shapes_dataset, one_thread  # noqa: F401 (autouse fixture)
 from wsss_steps import evaluate, export_png, report_figures, segment, train_segmentation
+from wsss_steps.data.images import IGNORE_LABEL, read_label_mask, voc_palette
 from wsss_steps.data.manifest import read_manifest, spread_ids
 from wsss_steps.evaluation.masks import EvaluationError, evaluate_label_maps
 from wsss_steps.methods.segmentation import predict_probs
@@ -29,7 +30,6 @@ from wsss_steps.networks.segmentation import (
     save_segmentation,
 )
 from wsss_steps.report.figures import render_gallery, render_table, stage_table
-from wsss_steps.store.images import IGNORE_LABEL, read_label_mask, voc_palette
 from wsss_steps.store.maps import MapReader, MapWriter
 from wsss_steps.train_segmentation import class_balanced_weights
 from wsss_steps.training.segmentation import MaskError

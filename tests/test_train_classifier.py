@@ -11,9 +11,9 @@ import torch
 
 from wsss_steps import train_classifier
 from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.images import IGNORE_LABEL, write_image, write_label_mask
 from wsss_steps.data.manifest import write_manifest
 from wsss_steps.networks.io import load_classifier, read_classifier_meta
-from wsss_steps.store.images import IGNORE_LABEL, write_image, write_label_mask
 from wsss_steps.training.augment import TrainAugmentation, epoch_permutation, sample_rng
 
 CLASSES = ("square", "disc")

@@ -50,11 +50,15 @@ def test_seed_maps_hold_every_train_image(finished_run: Path) -> None:
 
 def test_segmentation_outputs_and_report(finished_run: Path) -> None:
     val_ids = (finished_run / "data/tiny/ImageSets/Segmentation/val.txt").read_text().split()
+    train_ids = (finished_run / "data/tiny/ImageSets/Segmentation/train.txt").read_text().split()
     for method in ("cam", "full"):
         folder = finished_run / "results/tiny/segmentation/cam" / method
         assert sorted(p.stem for p in (folder / "png_crf").glob("*.png")) == sorted(val_ids)
-        with h5py.File(folder / "predictions.h5", "r") as predictions:
+        with h5py.File(folder / "maps.h5", "r") as predictions:
             assert sorted(predictions) == sorted(val_ids) and predictions.attrs["complete"]
+        # The report gallery's images of the seed (train) split, segmented by segment_gallery.
+        with h5py.File(folder / "gallery.h5", "r") as gallery:
+            assert len(gallery) == TINY["report"]["gallery_images"] and set(gallery) <= set(train_ids)
     report_dir = finished_run / "results/tiny/report"
     assert (report_dir / "stages.html").read_text().count("<tr>") == 3
     assert {p.name for p in (report_dir / "cam/cam").iterdir()} == {"sweep.png", "per_class.png", "gallery.png"}
@@ -87,7 +91,7 @@ def test_evaluation_setting_reruns_only_evaluation(finished_run: Path) -> None:
     write_config(finished_run, config)
     try:
         # The seeds' sweep changes the report's sweep, bars, gallery (best threshold) and table.
-        assert planned_jobs(finished_run) == {"evaluate_seeds": 2, "summary": 1, "report_table": 1,
+        assert planned_jobs(finished_run) == {"evaluate_sweep": 2, "summary": 1, "report_table": 1,
                                               "report_sweep": 1, "report_per_class": 1, "report_gallery": 1,
                                               "all": 1}
     finally:
@@ -102,12 +106,13 @@ def test_classifier_setting_reruns_classifier_and_what_follows(finished_run: Pat
         jobs = planned_jobs(finished_run)
     finally:
         write_config(finished_run, TINY)
-    assert jobs == {"train_classifier": 1, "seeds_shard": 2, "merge_seeds": 1, "evaluate_seeds": 2,
-                    "affinity_labels_shard": 2, "merge_affinity_labels": 1, "train_relation": 1,
-                    "random_walk_shard": 2, "merge_random_walk": 1, "pseudo_masks": 1,
-                    "evaluate_pseudo_masks": 1, "evaluate_pseudo_masks_crf": 1, "summary": 1, "all": 1,
+    # merge_maps: seeds, affinity labels, random walk, and both networks' val predictions;
+    # evaluate_sweep: seeds, seeds_crf, pseudo_masks, pseudo_masks_crf.
+    assert jobs == {"train_classifier": 1, "seeds_shard": 2, "merge_maps": 5, "evaluate_sweep": 4,
+                    "affinity_labels_shard": 2, "train_relation": 1, "random_walk_shard": 2,
+                    "pseudo_masks": 1, "summary": 1, "all": 1,
                     # both segmentation networks start from the classifier (cam and full)
-                    "train_segmentation": 2, "segment_shard": 4, "merge_segmentation": 2,
+                    "train_segmentation": 2, "segment_shard": 4, "segment_gallery": 2,
                     "evaluate_segmentation": 4, "export_segmentation_png": 4, "report_table": 1,
                     "report_sweep": 1, "report_per_class": 2, "report_gallery": 2}
 
@@ -122,6 +127,7 @@ def test_inference_setting_reruns_only_inference(finished_run: Path) -> None:
         write_config(finished_run, TINY)
     assert "train_segmentation" not in jobs
     assert jobs["segment_shard"] == 4 and jobs["evaluate_segmentation"] == 4
+    assert jobs["segment_gallery"] == 2 and jobs["report_gallery"] == 2
 
 
 def test_unknown_config_key_fails_before_any_job(tmp_path: Path) -> None:

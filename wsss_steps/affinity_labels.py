@@ -1,22 +1,7 @@
-"""Affinity labels for the inter-pixel relation network (METHODS §5), one shard of a split → HDF5.
+"""Affinity labels of one shard of a split from its seeds (IRN's two thresholds, or P-NOC's
+saliency-aware rule with ``--saliency``), into HDF5: ``affinity_label`` (H, W) per image.
 
-Each image gets ``affinity_label`` (H, W) uint8: 0 = background, k + 1 = class k (mask numbering),
-255 = uncertain (no pair touching it is trained on).
-
-IRN's two-threshold rule (default), from the seed maps ``cam`` (K, H, W) of the image's classes:
-
-- fg = argmax of the seeds padded with a background score ``conf_fg``, refined by dCRF;
-- bg = the same with ``conf_bg`` (< conf_fg, so it calls fewer pixels background);
-- label = fg; where fg says background → 255; where fg and bg both say background → 0.
-
-IRN uses conf_fg 0.30 / conf_bg 0.05 (the defaults), AdvCAM 0.35 / 0.15. The dCRF runs on the
-compact labels 0..K (IRN's ``crf_inference_label``) and is mapped back through ``keys``.
-
-P-NOC's saliency-aware rule (``--saliency sal.h5``, groups holding ``saliency`` (H, W) in [0, 1]):
-salient = 1[saliency > ``sal_bg_threshold``] cleaned by a 2-label dCRF; a class where its seed
-beats ``sal_fg_threshold`` (argmax of the seeds padded with it) inside the salient region, then
-dCRF over 0..K; label = that class; salient but no class → 255; neither → 0. P-NOC's code keeps
-``sal > threshold`` as salient, so background is ``saliency ≤ 0.10`` (METHODS: "< 0.10").
+What it computes, and why: `wsss_steps.methods.affinity`.
 
 Example::
 
@@ -33,11 +18,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from wsss_steps.cli import setup_logging, step_parser
+from wsss_steps.cli import add_shard_arguments, check_shard, setup_logging, step_parser
+from wsss_steps.data.images import read_image
 from wsss_steps.data.manifest import ImageRecord, read_manifest
 from wsss_steps.methods.affinity import STAGE, saliency_labels, two_threshold_labels
 from wsss_steps.methods.crf import IRN_CRF
-from wsss_steps.store.images import read_image
 from wsss_steps.store.maps import MapReader
 from wsss_steps.store.shards import write_map_shard
 
@@ -46,11 +31,8 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = step_parser(__name__, __doc__)
+    add_shard_arguments(parser, "output shard file (.h5)")
     parser.add_argument("--seeds", required=True, help="merged seed map file (cam + keys per image)")
-    parser.add_argument("--manifest", required=True, help="split manifest CSV written by prepare_data")
-    parser.add_argument("--out", required=True, help="output shard file (.h5)")
-    parser.add_argument("--shard", type=int, default=0, help="0-based shard index")
-    parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--map-name", default="cam", help="seed dataset to read (default: %(default)s)")
     parser.add_argument("--conf-fg", type=float, default=0.30,
                         help="background score of the fg labels (IRN 0.30, AdvCAM 0.35; default: %(default)s)")
@@ -71,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_shard(args, "affinity_labels")
     setup_logging()
     if not 0 <= args.conf_bg <= args.conf_fg:
         raise SystemExit(f"affinity_labels: need 0 <= --conf-bg <= --conf-fg, got {args.conf_bg}, {args.conf_fg}")

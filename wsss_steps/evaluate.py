@@ -1,15 +1,8 @@
-"""Evaluates seed maps against ground-truth masks over a sweep of background thresholds.
+"""Evaluates maps against the ground truth: a background-threshold sweep of seed or walk scores
+(``--map-name cam``, optionally with dCRF), or fixed label maps (``--label-map``). Writes the
+curve, per-class scores at the best threshold and the rows of results/summary.csv.
 
-At threshold t an image's label map is the argmax over [t, maps] (ties go to background), its
-classes being the map's ``keys``; the confusion matrix over background + C classes sums over all
-images, ignoring ground-truth 255 (METHODS section 7). With ``--crf`` (stage ``seeds_crf``) each
-label map is refined by the dCRF of METHODS section 5 (IRN_CRF) before it is counted.
-
-Every image of the manifest must have maps, a readable mask and matching sizes: anything else is an
-error naming the image and file. Scores are fractions in [0, 1] (not percent).
-
-Outputs: the curve (one row per threshold), per-class scores at the best threshold (highest mIoU,
-the lowest threshold on a tie) and summary rows in the long form of results/summary.csv.
+What it computes, and why: `wsss_steps.evaluation.masks`.
 """
 
 from __future__ import annotations

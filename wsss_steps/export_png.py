@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from wsss_steps.cli import setup_logging, step_parser
+from wsss_steps.data.images import write_label_mask
 from wsss_steps.data.manifest import Manifest, read_manifest
-from wsss_steps.store.images import write_label_mask
 from wsss_steps.store.maps import MapReader
 
 log = logging.getLogger("wsss_steps.export_png")

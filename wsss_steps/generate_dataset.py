@@ -1,29 +1,7 @@
-"""Generates the project's embedded default dataset: synthetic multi-label scenes in the VOC layout.
+"""Writes the generated default dataset (VOC layout) into ``--out``: a new or empty folder, or an
+earlier output of this generator.
 
-``python -m wsss_steps.generate_dataset --out DIR`` writes what `VocLayoutDataset` reads:
-``JPEGImages/{id}.jpg``, ``SegmentationClass/{id}.png`` (VOC palette, 0 = background, k = line k
-of ``classes.txt``, 255 = void), ``ImageSets/Segmentation/{train,val}.txt``, ``classes.txt``,
-``labels.csv``, ``boxes.csv`` (one row per object instance) and ``dataset.json`` (settings and
-statistics). Same settings give byte-identical files; every image has its own random generator
-seeded from (seed, split, index), so no image depends on another.
-
-The scenes are built to show the problem WSSS methods address, not to be easy:
-- every object has a small, saturated, class-specific *part* (6-10 % of its area by default) that
-  alone identifies its class, and a larger *body* whose shape and texture are class-specific but
-  whose colours and textures are shared with other classes and with the background clutter. A
-  classifier gets most of its evidence from the part, so CAMs sit on the part and miss the body
-  (as VOC CAMs sit on faces and wheels); closing that gap is what the seed methods are for;
-- ``chair`` and ``table`` appear together in most images holding either, standing side by side,
-  a context bias (like boat and water) that makes the CAM of one leak onto the other;
-- textured, cluttered backgrounds (noise, gradients, blobs, stripes, sticks, and now and then a
-  faded part-less copy of a class body) in body colours, so "not background" is no shortcut;
-- objects are large, as in VOC (half size 0.24-0.40 of the image side; about a quarter of the
-  pixels are foreground, VOC's share): with smaller objects a stride-8 CAM blob was as large as
-  the object, and the seeds' errors were blur rather than missed bodies;
-- with ``part_prob`` < 1 some objects hide their part and only their body tells the class;
-- objects are scaled, rotated, mirrored, overlap (later ones occlude earlier ones; masks and boxes
-  follow what is visible) and may be cut by the image border; masks carry a ~2 px void band along
-  every instance boundary, as VOC masks do.
+What it computes, and why: `wsss_steps.data.generated`.
 """
 
 from __future__ import annotations

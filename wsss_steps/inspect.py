@@ -1,8 +1,8 @@
 """Renders one image's maps from any stage's HDF5 file as an overlay PNG.
 
-One panel for the image, one for its ground-truth mask (when the manifest has one), then one per
-map channel (a heat map over the image, titled with the class name) or, for label maps, the
-colourised labels. Example::
+What it computes, and why: `wsss_steps.report.overlays`.
+
+Example::
 
     python -m wsss_steps.inspect results/synth/seeds/cam/cam/maps.h5 train_000003 \
         --manifest results/synth/data/train.csv --out train_000003.png
@@ -18,9 +18,9 @@ from pathlib import Path
 import cv2
 
 from wsss_steps.cli import step_parser
+from wsss_steps.data.images import read_image, read_label_mask
 from wsss_steps.data.manifest import read_manifest, validate_image_id
 from wsss_steps.report.overlays import render_maps
-from wsss_steps.store.images import read_image, read_label_mask
 from wsss_steps.store.maps import MapReader
 
 log = logging.getLogger(__name__)

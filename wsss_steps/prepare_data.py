@@ -17,7 +17,7 @@ import logging
 from collections.abc import Sequence
 
 from wsss_steps.cli import setup_logging, step_parser
-from wsss_steps.data.adapters import build_manifest, open_dataset
+from wsss_steps.data.adapters import DATASET_KINDS, build_manifest, open_dataset
 from wsss_steps.data.manifest import write_manifest
 
 log = logging.getLogger("wsss_steps.prepare_data")
@@ -25,7 +25,7 @@ log = logging.getLogger("wsss_steps.prepare_data")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = step_parser(__name__, __doc__)
-    parser.add_argument("--kind", required=True, choices=["generated", "custom", "voc2012"])
+    parser.add_argument("--kind", required=True, choices=sorted(DATASET_KINDS))
     parser.add_argument("--root", required=True, help="dataset root folder")
     parser.add_argument("--name", required=True, help="dataset name used in results/")
     parser.add_argument("--split", required=True, help="split name (ImageSets/Segmentation/<split>.txt)")

@@ -1,16 +1,7 @@
-"""Pseudo masks from the random walk's scores, optionally refined by dCRF (METHODS §5), into HDF5.
+"""Pseudo masks of a split from the random walk's scores, refined by dCRF with ``--crf``, into HDF5
+(``mask``, ``mask_onehot``) and, with ``--export-png``, VOC palette PNGs.
 
-Per image: the label map at the background threshold (argmax of [threshold, ``cam``], ties to
-background; by default the ``pseudo_label`` the walk stored at its ``sem_seg_bg_thres``), with
-``--crf`` refined by dCRF on the compact labels 0..K (P-NOC: 1 iteration, gt_prob 0.9; the other
-kernel settings are METHODS §5's, `wsss_steps.crf.IRN_CRF`).
-
-Output groups hold ``mask`` (H, W) uint8 in mask numbering (0 = background, k + 1 = class k),
-``mask_onehot`` (K, H, W) uint8 (1 where ``mask`` is the key's class) and ``keys``. The one-hot
-form lets `wsss_steps.evaluate_seeds` score the fixed masks unchanged: with a single threshold t
-in [0, 1) (``--thresholds t t 1``) its argmax over [t, one-hot] is exactly ``mask``; passing the
-threshold the masks were made at records it as ``best_threshold``. ``--export-png DIR`` also
-writes each mask as a VOC palette PNG.
+What it computes, and why: `wsss_steps.methods.pseudo_masks`.
 
 Example::
 
@@ -28,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from wsss_steps.cli import setup_logging, step_parser
+from wsss_steps.cli import add_shard_arguments, check_shard, setup_logging, step_parser
+from wsss_steps.data.images import read_image, write_label_mask
 from wsss_steps.data.manifest import ImageRecord, read_manifest
 from wsss_steps.methods.labels import labels_at_threshold
 from wsss_steps.methods.pseudo_masks import PNOC_CRF, STAGE, one_hot, refine_mask
-from wsss_steps.store.images import read_image, write_label_mask
 from wsss_steps.store.maps import MapReader
 from wsss_steps.store.shards import write_map_shard
 
@@ -41,11 +32,8 @@ log = logging.getLogger(__name__)
 
 def build_parser() -> argparse.ArgumentParser:
     parser = step_parser(__name__, __doc__)
+    add_shard_arguments(parser, "output file (.h5; a shard file with --num-shards > 1)")
     parser.add_argument("--maps", required=True, help="merged random-walk map file (cam, keys, pseudo_label)")
-    parser.add_argument("--manifest", required=True, help="split manifest CSV written by prepare_data")
-    parser.add_argument("--out", required=True, help="output file (.h5; a shard file with --num-shards > 1)")
-    parser.add_argument("--shard", type=int, default=0, help="0-based shard index")
-    parser.add_argument("--num-shards", type=int, default=1)
     parser.add_argument("--threshold", type=float,
                         help="background threshold (default: the walk's sem_seg_bg_thres, its pseudo_label)")
     parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=False,
@@ -59,6 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    check_shard(args, "pseudo_masks")
     setup_logging()
     crf = dataclasses.replace(PNOC_CRF, iterations=args.crf_iterations, gt_prob=args.crf_gt_prob) \
         if args.crf else None

@@ -1,12 +1,7 @@
-"""Figures and tables of the HTML report (``snakemake --report``), one subcommand each.
+"""Figures and tables of the HTML report, one subcommand each: ``table``, ``sweep``, ``per-class``,
+``gallery``.
 
-- ``table``: the stage-by-stage mIoU table (seeds, +CRF, pseudo masks, +CRF, segmentation, +CRF)
-  of every experiment from results/summary.csv, as in the papers' tables, with the segmentation
-  network's share of the fully supervised upper bound (method ``full``); HTML.
-- ``sweep``: mIoU against the background threshold of the swept stages (``curve.csv`` files); PNG.
-- ``per-class``: per-class IoU bars of several stages (``per_class.csv`` files); PNG.
-- ``gallery``: for a few training images, overlays of the ground truth, the seeds (at their best
-  threshold), the pseudo mask and the segmentation network's prediction (+dCRF); PNG.
+What it computes, and why: `wsss_steps.report.figures`.
 
 Example::
 

@@ -1,9 +1,8 @@
 """Screenshots of the Snakemake HTML report in headless Chromium (a check that it renders).
 
-The report is a single-page app: ``landing`` shows its start page; ``NAME=RESULT`` opens the
-result ``RESULT`` (its path in the report, e.g. ``results/synth/report/stages.html``) as if it had
-been clicked, by appending a script that calls the app's own view switch. Needs ``chromium`` on
-PATH (Debian: ``apt-get install chromium``). Example::
+What it computes, and why: `wsss_steps.report.screenshot`.
+
+Example::
 
     python -m wsss_steps.report_screenshot results/report.html --out results/screenshots \
         landing stages=results/synth/report/stages.html

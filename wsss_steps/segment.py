@@ -1,15 +1,8 @@
-"""Segmentation inference (METHODS §6): multi-scale + flip, dCRF, HDF5 and VOC palette PNGs.
+"""Predictions of the segmentation network for one shard of a split (multi-scale + flip, dCRF with
+``--crf``) into HDF5: ``mask`` and ``mask_crf`` (H, W) per image; ``--gallery N`` predicts only the
+report gallery's images.
 
-Per image: for each scale the image is resized (bicubic), run with its horizontal flip, the
-logits are resized back to the image size and turned into probabilities (softmax over background
-+ C classes); the probabilities of all scales and flips are averaged. ``mask`` is their argmax;
-with ``--crf`` ``mask_crf`` is the argmax of DeepLab's dCRF on them (10 iterations,
-Gaussian(sxy 1, compat 3), Bilateral(sxy 67, srgb 3, compat 4): `wsss_steps.crf.DEEPLAB_CRF`).
-No image-level label is used: every class can be predicted.
-
-Output groups hold ``mask`` and ``mask_crf`` (H, W) uint8 in mask numbering (0 = background,
-k + 1 = class k), ``keys`` (the image's labels, for reference) and the image size. `wsss_steps.export_png` writes
-them as VOC palette PNGs (what the PASCAL VOC evaluation server accepts).
+What it computes, and why: `wsss_steps.methods.segmentation`.
 
 Example::
 
@@ -34,10 +27,10 @@ from wsss_steps.cli import (
     start_run,
     step_parser,
 )
+from wsss_steps.data.images import read_image
 from wsss_steps.data.manifest import ImageRecord, read_manifest, spread_ids
 from wsss_steps.methods.segmentation import DEFAULT_SCALES, STAGE, predict_image
 from wsss_steps.networks.segmentation import load_segmentation
-from wsss_steps.store.images import read_image
 from wsss_steps.store.shards import write_map_shard
 
 log = logging.getLogger(__name__)

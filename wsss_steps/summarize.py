@@ -1,8 +1,7 @@
-"""Concatenates the long-form rows of every evaluation into results/summary.csv.
+"""Concatenates the long-form rows of every evaluation into results/summary.csv (duplicates and
+non-numbers are errors naming the files).
 
-Each input holds the columns ``dataset,stage,method,classifier,split,metric,value`` (``classifier``
-may be missing, then empty); the output is sorted by those keys, and a key that appears twice (in
-one file or across files) or a value that is not a number is an error naming the file(s).
+What it computes, and why: `wsss_steps.evaluation.summary`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ ignored; ``--class-balanced`` weighs each label by median frequency / its freque
 training masks (labels absent from them get weight 0). SGD with momentum 0.9, the head at
 ``--head-lr-mult`` × the learning rate, weight decay, poly decay (power 0.9) over all steps.
 Augmentation: random long side in ``--resize-long`` (the scale augmentation: 0.5–1.5 × the image
-size), flip, random crop ``--crop`` (label padding 255) (`wsss_steps.augment`).
+size), flip, random crop ``--crop`` (label padding 255) (`wsss_steps.training.augment`).
 
 Determinism, checkpoints and resume as `wsss_steps.train_classifier`: the epoch order and every
 sample's augmentation come from (seed, epoch, index); ``last.pt`` in ``--checkpoint-dir`` every
@@ -47,6 +47,7 @@ from wsss_steps.cli import (
     start_run,
     step_parser,
 )
+from wsss_steps.data.images import IGNORE_LABEL
 from wsss_steps.data.manifest import Manifest, read_manifest
 from wsss_steps.networks.backbones import BACKBONES, OUTPUT_STRIDES
 from wsss_steps.networks.segmentation import (
@@ -57,7 +58,6 @@ from wsss_steps.networks.segmentation import (
     save_segmentation,
 )
 from wsss_steps.store.digests import file_digest
-from wsss_steps.store.images import IGNORE_LABEL
 from wsss_steps.training.augment import TrainAugmentation
 from wsss_steps.training.loop import LoopSettings, Trainee, set_bn_frozen, train
 from wsss_steps.training.schedules import POLY_POWER

@@ -17,20 +17,22 @@ from __future__ import annotations
 
 import csv
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
+from wsss_steps.data.images import IGNORE_LABEL, read_image, read_label_mask
 from wsss_steps.data.manifest import (
     MAX_LISTED_PROBLEMS,
+    Box,
     DatasetError,
     ImageRecord,
     Manifest,
     read_lines,
     validate_image_id,
 )
-from wsss_steps.store.images import IGNORE_LABEL, read_image, read_label_mask
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -52,6 +54,44 @@ def _read_split_ids(path: Path) -> list[str]:
     return ids
 
 
+def _read_boxes(path: Path, class_names: Sequence[str]) -> dict[str, tuple[Box, ...]]:
+    if not path.is_file():
+        return {}
+    index = {name: i for i, name in enumerate(class_names)}
+    boxes: dict[str, list[Box]] = {}
+    with path.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = {"image_id", "class", "x_min", "y_min", "x_max", "y_max"}
+        if reader.fieldnames is None or not columns <= set(reader.fieldnames):
+            raise DatasetError(f"{path}: needs the columns {','.join(sorted(columns))}; found {reader.fieldnames}")
+        for line_number, row in enumerate(reader, start=2):
+            where = f"{path} line {line_number}"
+            image_id = validate_image_id(row["image_id"].strip(), where)
+            if row["class"] not in index:
+                raise DatasetError(f"{where}: unknown class {row['class']!r}; known classes: {list(class_names)}")
+            try:
+                x_min, y_min, x_max, y_max = (int(row[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
+            except ValueError as error:
+                raise DatasetError(f"{where}: box coordinates must be integers ({error})") from error
+            if not (0 <= x_min <= x_max and 0 <= y_min <= y_max):
+                raise DatasetError(f"{where}: need 0 <= x_min <= x_max and 0 <= y_min <= y_max")
+            boxes.setdefault(image_id, []).append(Box(index[row["class"]], x_min, y_min, x_max, y_max))
+    return {image_id: tuple(items) for image_id, items in boxes.items()}
+
+
+class DatasetAdapter(Protocol):
+    """What `build_manifest` reads of a dataset, whatever its layout."""
+
+    name: str
+    class_names: tuple[str, ...]
+
+    def split_ids(self, split: str) -> list[str]: ...
+    def image_path(self, image_id: str) -> Path: ...
+    def mask_path(self, image_id: str) -> Path | None: ...
+    def labels(self, image_id: str) -> tuple[int, ...]: ...
+    def boxes(self, image_id: str) -> tuple[Box, ...]: ...
+
+
 class VocLayoutDataset:
     """The generated dataset and users' own datasets: VOC folders plus classes.txt and labels.csv."""
 
@@ -68,6 +108,7 @@ class VocLayoutDataset:
             raise DatasetError(f"dataset {name!r}: class names repeat: {self.class_names}")
         self.labels_csv = Path(labels_csv) if labels_csv else self.root / "labels.csv"
         self._labels: dict[str, tuple[int, ...]] | None = None
+        self._boxes: dict[str, tuple[Box, ...]] | None = None
 
     def split_ids(self, split: str) -> list[str]:
         return _read_split_ids(self.root / "ImageSets" / "Segmentation" / f"{split}.txt")
@@ -108,6 +149,13 @@ class VocLayoutDataset:
             raise DatasetError(f"image {image_id!r} has no row in {self.labels_csv}")
         return labels[image_id]
 
+    def boxes(self, image_id: str) -> tuple[Box, ...]:
+        """The image's rows of ``boxes.csv`` (``image_id,class,x_min,y_min,x_max,y_max``, inclusive
+        pixel coordinates) where the dataset has that file; else none."""
+        if self._boxes is None:
+            self._boxes = _read_boxes(self.root / "boxes.csv", self.class_names)
+        return self._boxes.get(image_id, ())
+
 
 class Voc2012Dataset:
     """PASCAL VOC 2012 (with the SBD masks converted to SegmentationClassAug for train_aug)."""
@@ -121,6 +169,9 @@ class Voc2012Dataset:
             raise DatasetError(f"dataset.label_source must be 'masks' or 'xml', not {label_source!r}")
         self.label_source = label_source
         self.class_names = VOC_CLASSES
+
+    def boxes(self, image_id: str) -> tuple[Box, ...]:
+        return ()  # VOC's object boxes (Annotations/) are not read yet
 
     def split_ids(self, split: str) -> list[str]:
         for folder in ("Segmentation", "SegmentationAug", "Main"):
@@ -166,19 +217,42 @@ class Voc2012Dataset:
         return tuple(int(v) - 1 for v in values if v not in (0, IGNORE_LABEL))
 
 
-def open_dataset(config: dict) -> VocLayoutDataset | Voc2012Dataset:
-    """The adapter for a `dataset` config section (kind: generated, custom or voc2012)."""
+# Adapters by `dataset.kind`: a factory taking the dataset's config section. The schema's enum of
+# dataset.kind equals these names (tests/test_config.py).
+DATASET_KINDS: dict[str, Callable[[Mapping[str, Any]], DatasetAdapter]] = {}
+
+
+def register_kind(kind: str) -> Callable[[Callable[[Mapping[str, Any]], DatasetAdapter]],
+                                         Callable[[Mapping[str, Any]], DatasetAdapter]]:
+    def register(factory: Callable[[Mapping[str, Any]], DatasetAdapter]) -> Callable[[Mapping[str, Any]], DatasetAdapter]:
+        if kind in DATASET_KINDS:
+            raise ValueError(f"dataset kind {kind!r} registered twice")
+        DATASET_KINDS[kind] = factory
+        return factory
+    return register
+
+
+@register_kind("generated")
+@register_kind("custom")
+def _voc_layout(config: Mapping[str, Any]) -> DatasetAdapter:
+    return VocLayoutDataset(config["root"], name=config["name"], labels_csv=config.get("labels_csv"),
+                            class_names=config.get("classes"))
+
+
+@register_kind("voc2012")
+def _voc2012(config: Mapping[str, Any]) -> DatasetAdapter:
+    return Voc2012Dataset(config["root"], name=config["name"], label_source=config.get("label_source", "masks"))
+
+
+def open_dataset(config: Mapping[str, Any]) -> DatasetAdapter:
+    """The adapter for a `dataset` config section, by its ``kind``."""
     kind = config["kind"]
-    name = config["name"]
-    if kind in ("generated", "custom"):
-        return VocLayoutDataset(config["root"], name=name, labels_csv=config.get("labels_csv"),
-                                class_names=config.get("classes"))
-    if kind == "voc2012":
-        return Voc2012Dataset(config["root"], name=name, label_source=config.get("label_source", "masks"))
-    raise DatasetError(f"dataset.kind must be one of generated, custom, voc2012; not {kind!r}")
+    if kind not in DATASET_KINDS:
+        raise DatasetError(f"dataset.kind must be one of {', '.join(sorted(DATASET_KINDS))}; not {kind!r}")
+    return DATASET_KINDS[kind](config)
 
 
-def build_manifest(dataset: VocLayoutDataset | Voc2012Dataset, split: str, require_masks: bool,
+def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
                    decode: bool = True) -> Manifest:
     """Checks every image of a split and returns its manifest.
 
@@ -211,7 +285,12 @@ def build_manifest(dataset: VocLayoutDataset | Voc2012Dataset, split: str, requi
                         raise DatasetError(
                             f"mask {mask_path} has values {bad} outside 0..{num_classes} and {IGNORE_LABEL}"
                         )
-            manifest.records.append(ImageRecord(image_id, image_path, mask_path, labels, height, width))
+            boxes = dataset.boxes(image_id)
+            outside = [b for b in boxes if decode and (b.x_max >= width or b.y_max >= height)]
+            if outside:
+                raise DatasetError(f"image {image_id!r}: box {tuple(outside[0])[1:]} lies outside the "
+                                   f"{width}×{height} image")
+            manifest.records.append(ImageRecord(image_id, image_path, mask_path, labels, height, width, boxes))
         except (DatasetError, ValueError, FileNotFoundError) as error:
             problems.append(str(error))
             if len(problems) >= MAX_LISTED_PROBLEMS:

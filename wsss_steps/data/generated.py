@@ -1,6 +1,6 @@
 """Generates the project's embedded default dataset: synthetic multi-label scenes in the VOC layout.
 
-``python -m wsss_steps.generate_dataset --out DIR`` writes what `VocLayoutDataset` reads:
+`generate_dataset` writes what `VocLayoutDataset` reads:
 ``JPEGImages/{id}.jpg``, ``SegmentationClass/{id}.png`` (VOC palette, 0 = background, k = line k
 of ``classes.txt``, 255 = void), ``ImageSets/Segmentation/{train,val}.txt``, ``classes.txt``,
 ``labels.csv``, ``boxes.csv`` (one row per object instance) and ``dataset.json`` (settings and
@@ -25,7 +25,6 @@ The scenes are built to show the problem WSSS methods address, not to be easy:
   follow what is visible) and may be cut by the image border; masks carry a ~2 px void band along
   every instance boundary, as VOC masks do.
 """
-
 from __future__ import annotations
 
 import colorsys
@@ -45,8 +44,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from wsss_steps.data.images import IGNORE_LABEL, write_image, write_label_mask
 from wsss_steps.data.manifest import validate_image_id
-from wsss_steps.store.images import IGNORE_LABEL, write_image, write_label_mask
 
 GENERATOR_NAME = "wsss_steps.generate_dataset"
 FORMAT_VERSION = 1

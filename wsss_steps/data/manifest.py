@@ -12,6 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -34,6 +35,16 @@ def validate_image_id(image_id: str, where: str = "") -> str:
     return image_id
 
 
+class Box(NamedTuple):
+    """An object's box: its class index (0-based) and inclusive pixel coordinates."""
+
+    label: int
+    x_min: int
+    y_min: int
+    x_max: int
+    y_max: int
+
+
 @dataclass(frozen=True)
 class ImageRecord:
     """One image of a split: where its files are and what its image-level labels are."""
@@ -44,6 +55,7 @@ class ImageRecord:
     labels: tuple[int, ...]  # foreground class indices, 0-based (mask value = index + 1)
     height: int = 0
     width: int = 0
+    boxes: tuple[Box, ...] = ()  # where the dataset has boxes (WSOL); several per image allowed
 
 
 @dataclass
@@ -98,15 +110,29 @@ def write_manifest(manifest: Manifest, directory: str | Path) -> Path:
     classes_tmp.replace(directory / "classes.txt")
     path = directory / f"{manifest.split}.csv"
     tmp = path.with_suffix(".csv.tmp")
+    with_boxes = any(r.boxes for r in manifest.records)
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image_id", "image", "mask", "labels", "height", "width"])
+        writer.writerow(["image_id", "image", "mask", "labels", "height", "width"] + (["boxes"] if with_boxes else []))
         for r in manifest.records:
-            writer.writerow([r.image_id, str(r.image_path.resolve()),
-                             str(r.mask_path.resolve()) if r.mask_path else "",
-                             " ".join(manifest.class_names[i] for i in r.labels), r.height, r.width])
+            row = [r.image_id, str(r.image_path.resolve()), str(r.mask_path.resolve()) if r.mask_path else "",
+                   " ".join(manifest.class_names[i] for i in r.labels), r.height, r.width]
+            if with_boxes:
+                row.append(";".join(f"{manifest.class_names[b.label]} {b.x_min} {b.y_min} {b.x_max} {b.y_max}"
+                                    for b in r.boxes))
+            writer.writerow(row)
     tmp.replace(path)
     return path
+
+
+def _parse_boxes(text: str, index: dict[str, int], where: str) -> tuple[Box, ...]:
+    boxes = []
+    for item in filter(None, (part.strip() for part in text.split(";"))):
+        name, *coords = item.split()
+        if name not in index or len(coords) != 4:
+            raise DatasetError(f"{where}: bad box {item!r} (need 'class x_min y_min x_max y_max')")
+        boxes.append(Box(index[name], *(int(c) for c in coords)))
+    return tuple(boxes)
 
 
 def read_manifest(csv_path: str | Path, dataset: str = "") -> Manifest:
@@ -121,6 +147,7 @@ def read_manifest(csv_path: str | Path, dataset: str = "") -> Manifest:
             manifest.records.append(ImageRecord(
                 image_id, Path(row["image"]), Path(row["mask"]) if row["mask"] else None,
                 tuple(index[n] for n in row["labels"].split()), int(row["height"]), int(row["width"]),
+                _parse_boxes(row.get("boxes") or "", index, f"{csv_path} ({image_id})"),
             ))
     if not manifest.records:
         raise DatasetError(f"manifest {csv_path} lists no image")

@@ -11,7 +11,6 @@ error naming the image and file. Scores are fractions in [0, 1] (not percent).
 Outputs: the curve (one row per threshold), per-class scores at the best threshold (highest mIoU,
 the lowest threshold on a tie) and summary rows in the long form of results/summary.csv.
 """
-
 from __future__ import annotations
 
 import csv
@@ -25,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from wsss_steps.data.images import IGNORE_LABEL, read_image, read_label_mask
 from wsss_steps.data.manifest import ImageRecord, Manifest
 from wsss_steps.evaluation.metrics import (
     confusion_matrix,
@@ -34,7 +34,6 @@ from wsss_steps.evaluation.metrics import (
 )
 from wsss_steps.methods.crf import IRN_CRF, crf_from_labels
 from wsss_steps.methods.labels import foreground_argmax
-from wsss_steps.store.images import IGNORE_LABEL, read_image, read_label_mask
 from wsss_steps.store.maps import MapReader, MapStoreError
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from wsss_steps.store.images import IGNORE_LABEL
+from wsss_steps.data.images import IGNORE_LABEL
 
 
 def _valid_pixels(gt: np.ndarray, num_labels: int, ignore: int | None) -> np.ndarray:

@@ -4,7 +4,6 @@ Each input holds the columns ``dataset,stage,method,classifier,split,metric,valu
 may be missing, then empty); the output is sorted by those keys, and a key that appears twice (in
 one file or across files) or a value that is not a number is an error naming the file(s).
 """
-
 from __future__ import annotations
 
 import csv

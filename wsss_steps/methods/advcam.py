@@ -10,7 +10,7 @@ horizontal flip) and climb for t = 1..T::
 
 with y the logits before the sigmoid. The localization map of a scale is Σ_{t=0}^{T-1} ReLU(A^t)
 (the clean CAM included); flips and scales are merged and max-normalised exactly as the CAM seeds
-(`wsss_steps.cams.ScaleMerger`), so the output has the CAM seeds' format: ``cam`` (K, H, W),
+(`wsss_steps.methods.cams.ScaleMerger`), so the output has the CAM seeds' format: ``cam`` (K, H, W),
 ``cam_stride4`` (K, ⌈H/4⌉, ⌈W/4⌉) and ``keys``, one map per label class. The update that would
 produce x^T feeds no map, so it is skipped (T maps, T−1 updates); T = 0 is taken as "no climbing"
 and gives the CAM seeds of `multiscale_cams`.
@@ -86,11 +86,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss_steps.data.images import read_image
 from wsss_steps.data.manifest import ImageRecord
 from wsss_steps.methods.cams import ScaleMerger, resize_batch, strided_size
 from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.inputs import image_to_tensor
-from wsss_steps.store.images import read_image
 from wsss_steps.store.maps import MapReader
 
 log = logging.getLogger(__name__)

@@ -17,22 +17,16 @@ salient = 1[saliency > ``sal_bg_threshold``] cleaned by a 2-label dCRF; a class 
 beats ``sal_fg_threshold`` (argmax of the seeds padded with it) inside the salient region, then
 dCRF over 0..K; label = that class; salient but no class → 255; neither → 0. P-NOC's code keeps
 ``sal > threshold`` as salient, so background is ``saliency ≤ 0.10`` (METHODS: "< 0.10").
-
-Example::
-
-    python -m wsss_steps.affinity_labels --seeds results/synth/seeds/cam/cam/maps.h5 \\
-        --manifest results/synth/data/train.csv --shard 0 --num-shards 2 --out shard-0-of-2.h5
 """
-
 from __future__ import annotations
 
 import logging
 
 import numpy as np
 
+from wsss_steps.data.images import IGNORE_LABEL
 from wsss_steps.methods.crf import IRN_CRF, CrfSettings, crf_from_labels
 from wsss_steps.methods.labels import padded_argmax
-from wsss_steps.store.images import IGNORE_LABEL
 
 log = logging.getLogger("wsss_steps.affinity_labels")
 

@@ -15,10 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss_steps.data.images import read_image
 from wsss_steps.data.manifest import ImageRecord
 from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.inputs import image_to_tensor
-from wsss_steps.store.images import read_image
 
 MAX_NORM_EPS = 1e-5
 

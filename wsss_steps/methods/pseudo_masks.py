@@ -3,21 +3,15 @@
 Per image: the label map at the background threshold (argmax of [threshold, ``cam``], ties to
 background; by default the ``pseudo_label`` the walk stored at its ``sem_seg_bg_thres``), with
 ``--crf`` refined by dCRF on the compact labels 0..K (P-NOC: 1 iteration, gt_prob 0.9; the other
-kernel settings are METHODS §5's, `wsss_steps.crf.IRN_CRF`).
+kernel settings are METHODS §5's, `wsss_steps.methods.crf.IRN_CRF`).
 
 Output groups hold ``mask`` (H, W) uint8 in mask numbering (0 = background, k + 1 = class k),
 ``mask_onehot`` (K, H, W) uint8 (1 where ``mask`` is the key's class) and ``keys``. The one-hot
-form lets `wsss_steps.evaluate_seeds` score the fixed masks unchanged: with a single threshold t
+form lets `wsss_steps.evaluation.masks` score the fixed masks unchanged: with a single threshold t
 in [0, 1) (``--thresholds t t 1``) its argmax over [t, one-hot] is exactly ``mask``; passing the
 threshold the masks were made at records it as ``best_threshold``. ``--export-png DIR`` also
 writes each mask as a VOC palette PNG.
-
-Example::
-
-    python -m wsss_steps.pseudo_masks --maps results/synth/random_walk/cam/cam/maps.h5 \\
-        --manifest results/synth/data/train.csv --out masks.h5 --crf --export-png masks_png
 """
-
 from __future__ import annotations
 
 import dataclasses

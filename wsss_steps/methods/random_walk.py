@@ -1,5 +1,5 @@
 """IRN's random walk from the relation network's boundary map, computed exactly without the dense
-transition matrix (METHODS §5); library and step.
+transition matrix (METHODS §5).
 
 What IRN computes (``misc/indexing.py`` ``propagate_to_edge`` and ``step/make_sem_seg_labels.py``),
 on the stride-4 grid of N = h·w pixels:
@@ -28,21 +28,14 @@ Background padding. The issue text says IRN pads the background before the walk;
 (and AdvCAM's and P-NOC's copies, and METHODS §5's wording) pads it afterwards, on the normalised,
 upsampled scores; that is what is done here. The walk therefore moves the K class channels only,
 and the stored ``cam`` maps (K, H, W) (scores / global max) can be swept over background
-thresholds by `wsss_steps.evaluate_seeds` as seeds are.
+thresholds by `wsss_steps.evaluation.masks` as seeds are.
 
 Step output per image: ``cam`` (K, H, W) float16 (propagated scores / global max), ``keys``,
 ``pseudo_label`` (H, W) uint8 at ``--sem-seg-bg-thres`` (mask numbering), ``boundary`` (h, w)
 float16 (the relation network's B, for inspection). ``--boundary ground-truth`` (no
 ``--relation``) walks on a boundary drawn from the ground-truth masks instead: the ceiling a perfect
 relation network would reach from the same seeds (README, "Pseudo masks"); a diagnostic only.
-
-Example::
-
-    python -m wsss_steps.random_walk --relation results/synth/relation/cam/cam/model.pt \\
-        --seeds results/synth/seeds/cam/cam/maps.h5 --manifest results/synth/data/train.csv \\
-        --shard 0 --num-shards 2 --out shard-0-of-2.h5
 """
-
 from __future__ import annotations
 
 import logging
@@ -52,13 +45,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss_steps.data.images import IGNORE_LABEL
 from wsss_steps.networks.relation import (
     PathIndex,
     boundary_to_affinity,
     destination_valid,
     path_index,
 )
-from wsss_steps.store.images import IGNORE_LABEL
 
 log = logging.getLogger("wsss_steps.random_walk")
 

@@ -4,19 +4,13 @@ Per image: for each scale the image is resized (bicubic), run with its horizonta
 logits are resized back to the image size and turned into probabilities (softmax over background
 + C classes); the probabilities of all scales and flips are averaged. ``mask`` is their argmax;
 with ``--crf`` ``mask_crf`` is the argmax of DeepLab's dCRF on them (10 iterations,
-Gaussian(sxy 1, compat 3), Bilateral(sxy 67, srgb 3, compat 4): `wsss_steps.crf.DEEPLAB_CRF`).
+Gaussian(sxy 1, compat 3), Bilateral(sxy 67, srgb 3, compat 4): `wsss_steps.methods.crf.DEEPLAB_CRF`).
 No image-level label is used: every class can be predicted.
 
 Output groups hold ``mask`` and ``mask_crf`` (H, W) uint8 in mask numbering (0 = background,
 k + 1 = class k), ``keys`` (the image's labels, for reference) and the image size. `wsss_steps.export_png` writes
 them as VOC palette PNGs (what the PASCAL VOC evaluation server accepts).
-
-Example::
-
-    python -m wsss_steps.segment --model results/synth/segmentation/cam/cam/model.pt \\
-        --manifest results/synth/data/val.csv --out predictions.h5 --scales 0.75 1.0 1.25
 """
-
 from __future__ import annotations
 
 import logging

@@ -32,9 +32,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wsss_steps.data.images import IGNORE_LABEL
 from wsss_steps.networks.backbones import Backbone, build_backbone
 from wsss_steps.networks.io import atomic_torch_save
-from wsss_steps.store.images import IGNORE_LABEL
 
 FORMAT = "wsss_relation/1"
 FLAT_CACHE_SIZE = 8

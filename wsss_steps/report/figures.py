@@ -7,12 +7,7 @@
 - ``per-class``: per-class IoU bars of several stages (``per_class.csv`` files); PNG.
 - ``gallery``: for a few training images, overlays of the ground truth, the seeds (at their best
   threshold), the pseudo mask and the segmentation network's prediction (+dCRF); PNG.
-
-Example::
-
-    python -m wsss_steps.report_figures table --summary results/summary.csv --out stages.html
 """
-
 from __future__ import annotations
 
 import csv
@@ -24,11 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from wsss_steps.data.images import read_image, read_label_mask, write_image
 from wsss_steps.data.manifest import read_manifest, spread_ids
 from wsss_steps.methods.labels import foreground_argmax
 from wsss_steps.report.overlays import colorize_labels
 from wsss_steps.report.overlays import titled as titled_panel
-from wsss_steps.store.images import read_image, read_label_mask, write_image
 from wsss_steps.store.maps import MapReader
 
 log = logging.getLogger("wsss_steps.report_figures")

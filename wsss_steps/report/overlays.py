@@ -2,12 +2,8 @@
 
 One panel for the image, one for its ground-truth mask (when the manifest has one), then one per
 map channel (a heat map over the image, titled with the class name) or, for label maps, the
-colourised labels. Example::
-
-    python -m wsss_steps.inspect results/synth/seeds/cam/cam/maps.h5 train_000003 \\
-        --manifest results/synth/data/train.csv --out train_000003.png
+colourised labels.
 """
-
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -15,7 +11,7 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
-from wsss_steps.store.images import voc_palette
+from wsss_steps.data.images import voc_palette
 
 PANEL_TITLE_HEIGHT = 18
 

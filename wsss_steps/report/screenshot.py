@@ -3,12 +3,8 @@
 The report is a single-page app: ``landing`` shows its start page; ``NAME=RESULT`` opens the
 result ``RESULT`` (its path in the report, e.g. ``results/synth/report/stages.html``) as if it had
 been clicked, by appending a script that calls the app's own view switch. Needs ``chromium`` on
-PATH (Debian: ``apt-get install chromium``). Example::
-
-    python -m wsss_steps.report_screenshot results/report.html --out results/screenshots \\
-        landing stages=results/synth/report/stages.html
+PATH (Debian: ``apt-get install chromium``).
 """
-
 from __future__ import annotations
 
 import json

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from wsss_steps.data.images import IGNORE_LABEL
 from wsss_steps.networks.inputs import normalize_image
-from wsss_steps.store.images import IGNORE_LABEL
 
 
 # SeedSequence spawn keys keep the streams apart: (0, epoch, index) for samples, (1, epoch) for the

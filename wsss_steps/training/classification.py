@@ -18,11 +18,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from wsss_steps.data.images import read_image
 from wsss_steps.data.manifest import Manifest
 from wsss_steps.evaluation.metrics import average_precision_per_class, mean_average_precision
 from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.inputs import normalize_image
-from wsss_steps.store.images import read_image
 from wsss_steps.training.augment import TrainAugmentation, sample_rng
 
 

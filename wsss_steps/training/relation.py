@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from wsss_steps.data.images import read_image
 from wsss_steps.data.manifest import Manifest
-from wsss_steps.store.images import read_image
 from wsss_steps.store.maps import MapReader
 from wsss_steps.training.augment import TrainAugmentation, sample_rng
 

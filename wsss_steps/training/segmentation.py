@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from wsss_steps.data.images import IGNORE_LABEL, read_image, read_label_mask
 from wsss_steps.data.manifest import Manifest
-from wsss_steps.store.images import IGNORE_LABEL, read_image, read_label_mask
 from wsss_steps.store.maps import MapReader
 from wsss_steps.training.augment import TrainAugmentation, sample_rng
 

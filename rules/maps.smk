@@ -1,0 +1,25 @@
+# The merge of every sharded inference stage (seeds, affinity labels, random walk, segmentation):
+# a stage's shard files (rules seeds_shard, affinity_labels_shard, random_walk_shard, segment_shard)
+# into one map file over the stage's split. Entries: seeds names, and `full` for segmentation.
+
+
+rule merge_maps:
+    input:
+        shards=shard_files,
+        manifest=map_stage_manifest,
+    output:
+        "results/{dataset}/{map_stage}/{classifier}/{entry}/maps.h5",
+    wildcard_constraints:
+        map_stage="|".join(MAP_STAGE_SPLITS),
+    log:
+        "logs/{dataset}/merge_{map_stage}_{classifier}_{entry}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/merge_{map_stage}_{classifier}_{entry}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../envs/wsss.yaml"
+    shell:
+        "python -m wsss_steps.merge_maps --manifest {input.manifest} --out {output} {input.shards} 2> {log}"

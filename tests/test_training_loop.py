@@ -1,0 +1,88 @@
+"""The one training loop: schedules, per-epoch weights, extra checkpointed state, bitwise resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from wsss_steps.training.loop import LoopSettings, Trainee, train
+from wsss_steps.training.schedules import linear_ramp, poly_lr_factor
+
+
+class Points(torch.utils.data.Dataset):
+    def __init__(self) -> None:
+        generator = torch.Generator().manual_seed(0)
+        self.x = torch.randn(12, 3, generator=generator)
+        self.y = self.x @ torch.tensor([1.0, -2.0, 0.5]) + 0.1
+        self.epochs_seen: list[int] = []
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epochs_seen.append(epoch)
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.x[index], self.y[index]
+
+
+def _run(tmp_path: Path, epochs: int = 4, stop_after: int | None = None, keep: bool = False,
+         settings: dict | None = None) -> tuple[nn.Module, nn.Module, object]:
+    torch.manual_seed(0)
+    model, second = nn.Linear(3, 1), nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    second_optimizer = torch.optim.SGD(second.parameters(), lr=0.05)
+    dataset = Points()
+
+    def step(batch: tuple[torch.Tensor, torch.Tensor], global_step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        x, y = batch
+        # A second network updated in the step (as P-NOC's adversary), its state checkpointed too.
+        second_loss = (second(x).squeeze(1) - y).pow(2).mean()
+        second_optimizer.zero_grad()
+        second_loss.backward()
+        second_optimizer.step()
+        return (model(x).squeeze(1) - y).pow(2).mean(), {"second": second_loss.item()}
+
+    trainee = Trainee(model, optimizer, [0.1], dataset, step,
+                      extra_state={"second": second, "second_optimizer": second_optimizer})
+    plan = LoopSettings(name="toy", epochs=epochs, batch_size=4, seed=3, device=torch.device("cpu"),
+                        settings=settings or {"toy": 1}, checkpoint_dir=tmp_path / "ckpt",
+                        stop_after_epochs=stop_after, keep_epoch_weights=keep, metrics_path=tmp_path / "m.csv",
+                        metric_columns=("epoch", "step", "lr", "loss", "second", "seconds"))
+    return model, second, train(trainee, plan)
+
+
+def test_schedules_at_first_middle_and_last_step() -> None:
+    assert poly_lr_factor(0, 100) == 1.0 and poly_lr_factor(100, 100) == 0.0
+    assert poly_lr_factor(50, 100) == pytest.approx(0.5 ** 0.9)
+    assert [linear_ramp(s, 100, 0.3, 1.0) for s in (0, 50, 100)] == pytest.approx([0.3, 0.65, 1.0])
+    # Puzzle-CAM's α: 0 → 4 over the first half, then held.
+    assert [linear_ramp(s, 100, 0.0, 4.0, over=0.5) for s in (0, 25, 50, 99)] == pytest.approx([0, 2, 4, 4])
+
+
+def test_killed_run_resumes_bitwise_with_its_extra_state(tmp_path: Path) -> None:
+    whole, whole_second, outcome = _run(tmp_path / "whole")
+    assert outcome.finished and [row["epoch"] for row in outcome.history] == [1, 2, 3, 4]
+    _, _, stopped = _run(tmp_path / "split", stop_after=2)
+    assert not stopped.finished and len(stopped.history) == 2
+    resumed, resumed_second, outcome = _run(tmp_path / "split")
+    assert outcome.finished and [row["epoch"] for row in outcome.history] == [1, 2, 3, 4]
+    for a, b in ((whole, resumed), (whole_second, resumed_second)):
+        for pa, pb in zip(a.parameters(), b.parameters(), strict=True):
+            assert torch.equal(pa, pb)
+    assert (tmp_path / "whole" / "m.csv").read_text().splitlines()[1].split(",")[:5] == \
+        (tmp_path / "split" / "m.csv").read_text().splitlines()[1].split(",")[:5]
+
+
+def test_other_settings_start_fresh_and_every_epoch_can_be_kept(tmp_path: Path) -> None:
+    _run(tmp_path, stop_after=1)
+    model, _, outcome = _run(tmp_path, settings={"toy": 2}, keep=True)
+    assert [row["epoch"] for row in outcome.history] == [1, 2, 3, 4]  # not resumed
+    kept = sorted(p.name for p in (tmp_path / "ckpt").glob("epoch-*.pt"))
+    assert kept == ["epoch-001.pt", "epoch-002.pt", "epoch-003.pt", "epoch-004.pt"]
+    last = torch.load(tmp_path / "ckpt" / "epoch-004.pt", weights_only=True)
+    assert last["epoch"] == 4 and last["settings_hash"] == outcome.settings_hash
+    assert torch.equal(last["model"]["weight"], model.weight.detach())
