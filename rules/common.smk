@@ -333,10 +333,25 @@ def pairs(mapping):
     return " ".join(f"{name}={path}" for name, path in mapping.items())
 
 
+def seed_experiments():
+    """The experiments with seeds (every one but full supervision), in config order."""
+    return [e for e in EXPERIMENTS if e["seeds"] != FULL]
+
+
+def seeds_curves(wildcards):
+    """Every seed method's threshold sweep of a dataset, named classifier/seeds (report_seeds_precision_recall)."""
+    return {
+        f"{e['classifier']}/{e['seeds']}": f"results/{wildcards.dataset}/eval/seeds/{e['classifier']}/{e['seeds']}/curve.csv"
+        for e in seed_experiments()
+    }
+
+
 def report_files():
     files = []
     for dataset in DATASETS:
         files.append(f"results/{dataset}/report/stages.html")
+        if seed_experiments():
+            files.append(f"results/{dataset}/report/seeds_precision_recall.png")
         for experiment in SEGMENTATION_EXPERIMENTS:
             folder = f"results/{dataset}/report/{experiment['classifier']}/{experiment['seeds']}"
             files += [f"{folder}/per_class.png", f"{folder}/gallery.png"]

@@ -54,6 +54,33 @@ rule report_sweep:
         "--out {output} 2> {log}"
 
 
+rule report_seeds_precision_recall:
+    input:
+        unpack(seeds_curves),
+    output:
+        report(
+            "results/{dataset}/report/seeds_precision_recall.png",
+            caption="../report/precision_recall.rst",
+            category="1. Stage-by-stage mIoU",
+        ),
+    params:
+        curves=lambda w, input: pairs(dict(input.items())),
+    log:
+        "logs/{dataset}/report_seeds_precision_recall.log",
+    benchmark:
+        "results/{dataset}/benchmarks/report_seeds_precision_recall.tsv"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../envs/wsss.yaml"
+    shell:
+        "python -m wsss_steps.report_figures precision-recall --curve {params.curves} "
+        "--title 'Seeds: precision against recall over the background threshold ({wildcards.dataset})' "
+        "--out {output} 2> {log}"
+
+
 rule report_per_class:
     input:
         unpack(per_class_tables),

@@ -328,3 +328,16 @@ def test_report_screenshot_page_opens_the_result_after_the_last_body_end() -> No
     assert 'results["results/x/stages.html"]' in page
     with pytest.raises(ValueError, match="no result 'results/y.png'"):
         page_showing(html, "results/y.png")
+
+
+def test_precision_recall_figure_of_the_seed_methods(tmp_path: Path) -> None:
+    header = ["threshold", "miou", "mean_precision", "mean_recall", "mean_fp_rate", "mean_fn_rate"]
+    cam = _write(tmp_path / "cam.csv", header, [[0.1, 0.3, 0.4, 0.8, 0, 0], [0.3, 0.4, 0.6, 0.6, 0, 0]])
+    adv = _write(tmp_path / "adv.csv", header, [[0.1, 0.35, 0.45, 0.85, 0, 0], [0.3, 0.45, 0.65, 0.7, 0, 0]])
+    assert report_figures.main(["precision-recall", "--curve", f"cam={cam}", f"advcam={adv}",
+                                "--out", str(tmp_path / "pr.png")]) == 0
+    with Image.open(tmp_path / "pr.png") as image:
+        assert image.size == (640, 480)
+    empty = _write(tmp_path / "empty.csv", header, [])
+    with pytest.raises(ValueError, match="holds no threshold sweep"):
+        report_figures.main(["precision-recall", "--curve", f"x={empty}", "--out", str(tmp_path / "x.png")])

@@ -1,5 +1,5 @@
-"""Figures and tables of the HTML report, one subcommand each: ``table``, ``sweep``, ``per-class``,
-``gallery``.
+"""Figures and tables of the HTML report, one subcommand each: ``table``, ``sweep``,
+``precision-recall``, ``per-class``, ``gallery``.
 
 What it computes, and why: `wsss_steps.report.figures`.
 
@@ -19,6 +19,7 @@ from wsss_steps.cli import setup_logging, step_parser
 from wsss_steps.report.figures import (
     _split_pairs,
     plot_per_class,
+    plot_precision_recall,
     plot_sweep,
     render_gallery,
     render_table,
@@ -41,6 +42,10 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--curve", required=True, nargs="+", metavar="STAGE=CSV", help="curve.csv per stage")
     sweep.add_argument("--title", default="")
     sweep.add_argument("--out", required=True, type=Path)
+    curves = commands.add_parser("precision-recall", help="the seeds' precision against recall (PNG)")
+    curves.add_argument("--curve", required=True, nargs="+", metavar="METHOD=CSV", help="curve.csv per seed method")
+    curves.add_argument("--title", default="")
+    curves.add_argument("--out", required=True, type=Path)
     per_class = commands.add_parser("per-class", help="per-class IoU bars (PNG)")
     per_class.add_argument("--per-class", required=True, nargs="+", metavar="STAGE=CSV", help="per_class.csv per stage")
     per_class.add_argument("--title", default="")
@@ -66,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.write_text(render_table(args.summary))
     elif args.command == "sweep":
         plot_sweep(_split_pairs(args.curve, "--curve"), args.out, args.title)
+    elif args.command == "precision-recall":
+        plot_precision_recall(_split_pairs(args.curve, "--curve"), args.out, args.title)
     elif args.command == "per-class":
         plot_per_class(_split_pairs(args.per_class, "--per-class"), args.out, args.title)
     else:

@@ -1,5 +1,7 @@
 """Figures and tables of the HTML report (``snakemake --report``), one subcommand each.
 
+- ``precision-recall``: the seeds' precision against recall over the sweep, every seed method of a
+  dataset in one figure;
 - ``table``: the stage-by-stage mIoU table (seeds, +CRF, pseudo masks, +CRF, segmentation, +CRF)
   of every experiment from results/summary.csv, as in the papers' tables, with the segmentation
   network's share of the fully supervised upper bound (method ``full``); HTML.
@@ -131,6 +133,34 @@ def plot_sweep(curves: Sequence[tuple[str, Path]], out: Path, title: str) -> Non
         ax.plot([xs[best]], [ys[best]], marker="*", markersize=12, color=line.get_color())
     ax.set_xlabel("background threshold")
     ax.set_ylabel("mIoU (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def plot_precision_recall(curves: Sequence[tuple[str, Path]], out: Path, title: str) -> None:
+    """Mean precision against mean recall over the threshold sweep, one line per seed method; the
+    star marks each method's best-mIoU threshold. A method that finds more of each object at the
+    same precision (AdvCAM's claim over CAM) lies above and to the right."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
+    for name, path in curves:
+        rows = [r for r in _read_csv(path) if r.get("threshold") not in ("", None)]
+        if not rows:
+            raise ValueError(f"report_figures: {path} holds no threshold sweep")
+        recall = [100 * float(r["mean_recall"]) for r in rows]
+        precision = [100 * float(r["mean_precision"]) for r in rows]
+        best = int(np.argmax([float(r["miou"]) for r in rows]))
+        (line,) = ax.plot(recall, precision, marker="o", markersize=3,
+                          label=f"{name} (best mIoU {100 * float(rows[best]['miou']):.1f} at "
+                                f"{float(rows[best]['threshold']):.2f})")
+        ax.plot([recall[best]], [precision[best]], marker="*", markersize=12, color=line.get_color())
+    ax.set_xlabel("mean recall (%)")
+    ax.set_ylabel("mean precision (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
