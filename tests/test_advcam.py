@@ -383,3 +383,37 @@ def test_command_line_advcam_and_advcam_sal(tmp_path) -> None:
     help_text = seeds.build_parser().format_help()
     assert "--saliency" in help_text and "--reference" in help_text
     assert json.loads(json.dumps(AdvCamConfig().params()))["steps"] == 27
+
+
+def _imagenet_lite0() -> CamClassifier:
+    """A trained network: ImageNet EfficientNet-Lite0 as a CAM classifier of its 1000 classes (the
+    fc bias is a constant per class and changes no gradient)."""
+    from wsss_steps.networks.backbones import efficientnet_lite0_classifier
+
+    full = efficientnet_lite0_classifier()
+    model = CamClassifier(build_backbone("efficientnet_lite0", None, 16, pretrained=True), 1000)
+    model.classifier.weight.data.copy_(full._fc.weight.data[:, :, None, None])
+    return model.eval()
+
+
+def test_default_keeps_the_reference_codes_balance_of_logits_and_penalty() -> None:
+    """λ = 7 was tuned on the reference code's attribution scale (METHODS §2): at the first
+    penalised step the default's penalty-to-logit gradient ratio must be the reference code's
+    (with the paper's logits), not the raw CAM's ~1000× heavier penalty."""
+    from wsss_steps.data.generated import GeneratorSettings, render_image
+    from wsss_steps.methods.advcam import penalty_logit_ratio
+    from wsss_steps.networks.inputs import image_to_tensor
+
+    model = _imagenet_lite0()
+    for index in range(2):
+        image = image_to_tensor(render_image(GeneratorSettings(image_size=128), "train", index).image)
+        with torch.no_grad():
+            cls = int(model(image).argmax())
+        default = penalty_logit_ratio(model, image, cls, AdvCamConfig())
+        reference = penalty_logit_ratio(model, image, cls, AdvCamConfig.preset("reference_code"))
+        reference_plain = penalty_logit_ratio(model, image, cls,
+                                              AdvCamConfig.preset("reference_code", logits="plain"))
+        raw_cam = penalty_logit_ratio(model, image, cls, AdvCamConfig(penalty_scale="none"))
+        assert 0.67 < default / reference_plain < 1.5
+        assert default < 20 * reference  # the logits' form (plain vs GAP(ReLU)) moves it < 10×
+        assert raw_cam > 300 * reference and raw_cam > 100 * default

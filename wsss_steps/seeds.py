@@ -37,6 +37,7 @@ from wsss_steps.methods.advcam import (
     GRAD_NORMALIZATIONS,
     LOGITS,
     OTHER_CLASSES,
+    PENALTY_SCALES,
     PRESETS,
     SMALL_SCALE_SCHEDULES,
     AdvCamConfig,
@@ -52,7 +53,7 @@ log = logging.getLogger(__name__)
 METHODS = ("cam", "advcam", "advcam_sal")
 CAM_SCALES = (1.0, 0.5, 1.5, 2.0)  # METHODS §1 (IRN's and AdvCAM's test scales)
 ADVCAM_FIELDS = ("steps", "step_size", "penalty_weight", "mask_threshold", "flip", "other_classes",
-                 "logits", "attribution", "merge_flips_in_loss", "grad_normalization",
+                 "logits", "attribution", "penalty_scale", "merge_flips_in_loss", "grad_normalization",
                  "clamp_to_input_range", "small_scale_schedule", "batch_budget", "batch_pixels",
                  "saliency_threshold")
 
@@ -86,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     adv.add_argument("--logits", choices=LOGITS, default=None,
                      help="plain (default) or relu_gap = GAP(ReLU(CAM)) (reference code)")
     adv.add_argument("--attribution", choices=ATTRIBUTIONS, default=None,
-                     help="cam (default) or gradcam (the reference code's scaling, which λ=7 was tuned for)")
+                     help="cam (default) or gradcam (the reference code's map)")
+    adv.add_argument("--penalty-scale", choices=PENALTY_SCALES, default=None,
+                     help="reference (default: λ on the reference code's attribution scale, which λ = 7 was "
+                          "tuned on) or none (λ on the raw CAM: needs λ ≈ 7/(2·D⁺_c); wsss_steps.methods.advcam)")
     adv.add_argument("--merge-flips-in-loss", action=argparse.BooleanOptionalAction, default=None,
                      help="mask and penalty on the flip-merged map (reference code)")
     adv.add_argument("--grad-normalization", choices=GRAD_NORMALIZATIONS, default=None,

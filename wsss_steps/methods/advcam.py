@@ -20,9 +20,10 @@ M = 1[ψ(A) > τ] ∪ 1[sal < δ] with the saliency map resized to the CAM's res
 so the attribution cannot grow outside salient objects.
 
 Defaults are the paper's form (``AdvCamConfig()`` / ``--preset paper``): T = 27, ξ = 0.08, λ = 7,
-τ = 0.5, scales (1.0, 0.5, 1.5, 2.0) with flip. The public reference code (jbeomlee93/AdvCAM,
-``obtain_CAM_masking.py``) differs in ways that change results; each is a named option, and
-``--preset reference_code`` turns them all on:
+τ = 0.5, scales (1.0, 0.5, 1.5, 2.0) with flip, on the attribution scale λ was tuned on
+(``penalty_scale``, below). The public reference code (jbeomlee93/AdvCAM, ``obtain_CAM_masking.py``)
+differs in ways that change results; each is a named option, and ``--preset reference_code`` turns
+them all on:
 
 - ``other_classes``: ``all`` (default) sums the suppressed logits over every class k ≠ c — the
   paper defines the sum over C∖c with C "the set of all classes", and the reference code does the
@@ -30,13 +31,21 @@ Defaults are the paper's form (``AdvCamConfig()`` / ``--preset paper``): T = 27,
 - ``logits``: ``plain`` (default) climbs the classifier's logits (GAP of the CAMs); ``relu_gap``
   climbs GAP(ReLU(CAM)) as the reference code does.
 - ``attribution``: ``cam`` (default) uses the CAM itself as A; ``gradcam`` uses the map the
-  reference code uses, Grad-CAM at the last stage. For a GAP + 1×1 head that is
+  reference code climbs with, Grad-CAM at the last stage. For a GAP + 1×1 head that is
   ReLU(CAM_c) · n⁺_b / (D⁺_c · Σ_{b'} n⁺_{b'}), with n⁺_b the number of pixels where sample b's
   CAM_c is positive, the sum over the sample and its flip, and D⁺_c the number of positive
   classifier weights of c (the reference's ``gap2d_pos`` divides by the count of positive
-  gradient entries). The factor (≈ 1/(2 D⁺_c), about 1/2000 for ResNet-50) is what λ = 7 was
-  tuned against: with ``attribution: cam`` the penalty weighs thousands of times more relative to
-  the logits, so λ needs retuning there (METHODS §2: "λ is calibrated against" it).
+  gradient entries).
+- ``penalty_scale``: that factor (≈ 1/(n D⁺_c) with n = 2 samples per climb with flip, else 1:
+  about 1/2000 for ResNet-50, 1/1300 for EfficientNet-Lite0) is the scale λ = 7 was tuned against
+  (METHODS §2). ``reference`` (default) keeps it: the penalty enters L as λ/(n D⁺_c) · ‖M ⊙ |A − A⁰|‖₁,
+  so λ = 7 balances the logit term and the penalty as in the paper (`penalty_logit_ratio` at the
+  first penalised step equals the reference code's with the paper's logits; tests/test_advcam.py)
+  while the maps stay Σ_t ReLU(CAM^t) and T = 0 gives the CAM seeds. ``none`` puts λ on the raw
+  CAM: with λ = 7 the penalty's gradient is then 40–120× the logit term's on real photos (about
+  1000× the default's) and the climb barely moves; that form needs λ ≈ 7/(n D⁺_c) (≈ 0.0035 for
+  ResNet-50, 0.005 for Lite0) for the same balance. With ``attribution: gradcam`` the attribution
+  carries the factor itself and ``penalty_scale`` is not applied.
 - ``merge_flips_in_loss``: false (default) climbs an image and its flip as two independent
   samples; true computes the mask and the penalty on the merged map A(x) + flip(A(flip x)) and
   adds both samples' logit terms into one loss, as the reference code does.
@@ -101,6 +110,7 @@ SIGN_DEAD_ZONE = 1e-5  # relative to max|A⁰|; see "Numerics" above
 OTHER_CLASSES = ("all", "labels")
 LOGITS = ("plain", "relu_gap")
 ATTRIBUTIONS = ("cam", "gradcam")
+PENALTY_SCALES = ("reference", "none")
 GRAD_NORMALIZATIONS = ("per_sample", "flip_pair")
 SMALL_SCALE_SCHEDULES = ("full", "half", "half_reference")
 PRESETS = ("paper", "reference_code")
@@ -119,6 +129,7 @@ class AdvCamConfig:
     other_classes: str = "all"
     logits: str = "plain"
     attribution: str = "cam"
+    penalty_scale: str = "reference"  # λ on the reference code's attribution scale (tuned there)
     merge_flips_in_loss: bool = False
     grad_normalization: str = "per_sample"
     clamp_to_input_range: bool = False
@@ -129,6 +140,7 @@ class AdvCamConfig:
 
     def __post_init__(self) -> None:
         choices = {"other_classes": OTHER_CLASSES, "logits": LOGITS, "attribution": ATTRIBUTIONS,
+                   "penalty_scale": PENALTY_SCALES,
                    "grad_normalization": GRAD_NORMALIZATIONS,
                    "small_scale_schedule": SMALL_SCALE_SCHEDULES}
         for name, allowed in choices.items():
@@ -285,7 +297,8 @@ def climb(model: CamClassifier, images: torch.Tensor, classes: torch.Tensor,
                 logits = F.relu(cams).mean(dim=(2, 3))
             objective = (coefficients * logits).sum()
             assert initial is not None
-            penalty = _batched_penalty(attribution, initial, background, config, groups, pair)
+            penalty = _batched_penalty(attribution, initial, background, config, groups, pair,
+                                       _penalty_weights(model, target, config))
             (grad,) = torch.autograd.grad(objective - config.penalty_weight * penalty, x_var)
         x = _batched_step(x, grad, config, groups, pair)
     assert total_map is not None
@@ -304,9 +317,19 @@ def _gradcam_scaling(model: CamClassifier, attribution: torch.Tensor, target: to
     return F.relu(attribution) * factor[:, None, None]
 
 
+def _penalty_weights(model: CamClassifier, target: torch.Tensor, config: AdvCamConfig) -> torch.Tensor | None:
+    """Per sample 1/(n D⁺_c) under ``penalty_scale: reference`` with the raw CAM, else None (weight 1)."""
+    if config.penalty_scale == "none" or config.attribution == "gradcam":
+        return None
+    positive_weights = (model.classifier.weight.flatten(1) > 0).sum(1).to(torch.float32)
+    return 1.0 / (config.samples_per_climb * positive_weights[target].clamp(min=1))
+
+
 def _batched_penalty(attribution: torch.Tensor, initial: torch.Tensor, background: torch.Tensor | None,
-                     config: AdvCamConfig, groups: int, pair: int) -> torch.Tensor:
-    """Σ over climbs of ‖M ⊙ |A − A⁰|‖₁ (per sample, or on the flip-merged map)."""
+                     config: AdvCamConfig, groups: int, pair: int,
+                     weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Σ over climbs of w ‖M ⊙ |A − A⁰|‖₁ (per sample, or on the flip-merged map); ``weights`` (per
+    sample, equal within a flip pair) default to 1."""
     if config.merge_flips_in_loss:
         attribution = attribution.reshape(groups, pair, *attribution.shape[-2:])
         initial = initial.reshape(groups, pair, *initial.shape[-2:])
@@ -323,7 +346,12 @@ def _batched_penalty(attribution: torch.Tensor, initial: torch.Tensor, backgroun
             mask = mask | background
         change = (attribution - initial).abs()
         mask = mask & (change > SIGN_DEAD_ZONE * initial.abs().flatten(1).amax(1)[:, None, None])
-    return (mask * (attribution - initial).abs()).sum()
+    per_map = (mask * (attribution - initial).abs()).flatten(1).sum(1)
+    if weights is None:
+        return per_map.sum()
+    if per_map.shape[0] != weights.shape[0]:  # flip-merged maps: one weight per pair
+        weights = weights.view(-1, pair)[:, 0]
+    return (per_map * weights.to(per_map.dtype)).sum()
 
 
 def _batched_step(x: torch.Tensor, grad: torch.Tensor, config: AdvCamConfig, groups: int,
@@ -340,6 +368,44 @@ def _batched_step(x: torch.Tensor, grad: torch.Tensor, config: AdvCamConfig, gro
         high = by_pair.amax(1).repeat_interleave(pair).view(-1, 1, 1, 1)
         updated = torch.minimum(torch.maximum(updated, low), high)
     return updated
+
+
+def penalty_logit_ratio(model: CamClassifier, image: torch.Tensor, cls: int, config: AdvCamConfig,
+                        keys: Sequence[int] | None = None) -> float:
+    """max|∇_x λ·penalty| / max|∇_x logit term| at the first step where the penalty acts (t = 2).
+
+    The balance of L's two terms, which λ sets and the attribution's scale changes (METHODS §2):
+    one climbing step from the clean image (the image alone; a flip would be climbed alike), then
+    both gradients at x¹. ``image``
+    (1, 3, H, W) normalised; ``keys`` the image's labels (default: ``cls`` only).
+    """
+    flip = config.flip  # the penalty's scale counts the flip the climb would run with
+    config = dataclasses.replace(config, flip=False, merge_flips_in_loss=False)
+    coefficients = _coefficients(cls, keys if keys is not None else [cls], model.num_classes,
+                                 config.other_classes).to(image.device)[None]
+    target = torch.tensor([cls], device=image.device)
+    rows = torch.arange(1, device=image.device)
+
+    def terms(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        features = model.features(x)
+        cams = model.cams_from_features(features)
+        attribution = cams[rows, target]
+        if config.attribution == "gradcam":  # its flip taken to have as many positive pixels
+            attribution = _gradcam_scaling(model, attribution, target, 1) / (2 if flip else 1)
+        logits = model.logits_from_features(features) if config.logits == "plain" else F.relu(cams).mean(dim=(2, 3))
+        return attribution, (coefficients * logits).sum(), cams
+
+    with frozen_eval(model):
+        x0 = image.detach().requires_grad_(True)
+        initial, objective, _ = terms(x0)
+        (grad,) = torch.autograd.grad(objective, x0)
+        x1 = _batched_step(image.detach(), grad, config, 1, 1).requires_grad_(True)
+        attribution, objective, _ = terms(x1)
+        weights = _penalty_weights(model, target, dataclasses.replace(config, flip=flip))
+        penalty = config.penalty_weight * _batched_penalty(attribution, initial.detach(), None, config, 1, 1, weights)
+        (logit_grad,) = torch.autograd.grad(objective, x1, retain_graph=True)
+        (penalty_grad,) = torch.autograd.grad(penalty, x1)
+    return float(penalty_grad.abs().max() / (logit_grad.abs().max() + GRAD_EPS))
 
 
 def _coefficients(cls: int, keys: Sequence[int], num_classes: int, other_classes: str) -> torch.Tensor:
@@ -491,6 +557,10 @@ def _reference_climb(model: CamClassifier, x: torch.Tensor, mirrored: tuple[bool
         else:
             maps, initial_maps, flipped = list(attribution), list(initial), mirrored
         penalty = 0.0
+        weight = 1.0
+        if config.penalty_scale == "reference" and config.attribution == "cam":
+            positive = int((model.classifier.weight[cls].flatten() > 0).sum())
+            weight = 1.0 / (config.samples_per_climb * max(positive, 1))
         for a, a0, is_flipped in zip(maps, initial_maps, flipped, strict=True):
             psi = F.relu(a) / F.relu(a).max() if F.relu(a).max() > 0 else torch.zeros_like(a)
             mask = (psi > config.mask_threshold).detach()
@@ -498,7 +568,7 @@ def _reference_climb(model: CamClassifier, x: torch.Tensor, mirrored: tuple[bool
                 background = _background(saliency[None], tuple(a.shape), config.saliency_threshold)[0]
                 mask = mask | (background.flip(-1) if is_flipped else background)
             mask = mask & ((a - a0).abs() > SIGN_DEAD_ZONE * a0.abs().max()).detach()
-            penalty = penalty + (mask * (a - a0).abs()).sum()
+            penalty = penalty + weight * (mask * (a - a0).abs()).sum()
         loss = objective - config.penalty_weight * penalty
         model.zero_grad(set_to_none=True)
         loss.backward()
