@@ -185,3 +185,18 @@ def test_worker_processes_do_not_change_the_weights(manifests: tuple[Path, Path]
                                                     tmp_path: Path) -> None:
     assert train_classifier.main(_args(manifests, tmp_path, 4, "--num-workers", "2")) == 0
     assert _same_weights(tmp_path / "model.pt", reference_run / "model.pt")
+
+
+def test_a_class_absent_from_val_gets_no_ap_row(manifests: tuple[Path, Path], tmp_path: Path) -> None:
+    """A val split without a positive image of some class (MSRC's small val has several) leaves
+    that class's AP undefined: its row is left out instead of holding an empty value."""
+    train, val = manifests
+    lines = val.read_text().splitlines()
+    squares_only = [lines[0]] + [line for line in lines[1:] if line.split(",")[3] == "square"]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    (tmp_path / "data" / "val.csv").write_text("\n".join(squares_only) + "\n")
+    args = _args((train, tmp_path / "data" / "val.csv"), tmp_path, 1)
+    assert train_classifier.main(args) == 0
+    with (tmp_path / "summary.csv").open() as handle:
+        assert [r["metric"] for r in csv.DictReader(handle)] == ["map", "ap/square"]

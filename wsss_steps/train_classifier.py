@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -216,8 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_classifier(args.out, model.cpu(), meta)
     if args.summary and last_eval is not None:
         rows = [{"metric": "map", "value": format_metric(last_eval["map"])}]
+        # A class without a positive val image has no AP (NaN): no row, rather than an empty value.
         rows += [{"metric": f"ap/{name}", "value": format_metric(float(ap))}
-                 for name, ap in zip(train_manifest.class_names, last_eval["ap"], strict=True)]
+                 for name, ap in zip(train_manifest.class_names, last_eval["ap"], strict=True)
+                 if math.isfinite(float(ap))]
         for row in rows:
             row.update(dataset=dataset_name, stage="classifier", method=args.variant,
                        classifier=args.name, split="val")
