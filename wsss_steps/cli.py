@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from wsss_steps.networks.inputs import resolve_device
+from wsss_steps.training.loop import LoopSettings
 
 
 def step_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
@@ -80,6 +83,17 @@ def check_checkpoint(args: argparse.Namespace) -> list[str]:
     if args.stop_after_epochs is not None and (args.stop_after_epochs < 1 or args.checkpoint_dir is None):
         problems.append("--stop-after-epochs needs a value ≥ 1 and --checkpoint-dir")
     return problems
+
+
+def loop_settings(args: argparse.Namespace, name: str, device: torch.device, settings: dict[str, Any],
+                  metric_columns: Sequence[str], **extra: Any) -> LoopSettings:
+    """The training loop's settings from a training step's shared options (epochs, batch size,
+    seed, checkpoints, metrics, workers); ``extra`` sets the rest (e.g. ``loss_column``)."""
+    return LoopSettings(name=name, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=device,
+                        settings=settings, checkpoint_dir=args.checkpoint_dir,
+                        checkpoint_every=args.checkpoint_every, stop_after_epochs=args.stop_after_epochs,
+                        metrics_path=args.metrics, metric_columns=metric_columns, num_workers=args.num_workers,
+                        **extra)
 
 
 def setup_logging(level: int = logging.INFO) -> None:

@@ -35,6 +35,7 @@ from wsss_steps.cli import (
     add_checkpoint_arguments,
     add_run_arguments,
     check_checkpoint,
+    loop_settings,
     start_run,
     step_parser,
 )
@@ -50,7 +51,6 @@ from wsss_steps.training.classification import (
     format_metric,
 )
 from wsss_steps.training.loop import (
-    LoopSettings,
     Trainee,
     set_bn_frozen,
     steps_per_epoch,
@@ -197,11 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     trainee = Trainee(model, optimizer, base_lrs, train_set, step, train_mode=train_mode,
                       validate=validate if val_set is not None else None)
-    plan = LoopSettings(name="train_classifier", epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                        device=device, settings=settings, checkpoint_dir=args.checkpoint_dir,
-                        checkpoint_every=args.checkpoint_every, stop_after_epochs=args.stop_after_epochs,
-                        metrics_path=args.metrics, metric_columns=METRIC_COLUMNS, loss_column="train_loss",
-                        num_workers=args.num_workers)
+    plan = loop_settings(args, "train_classifier", device, settings, METRIC_COLUMNS, loss_column="train_loss")
     outcome = train(trainee, plan)
     if not outcome.finished:
         return 0

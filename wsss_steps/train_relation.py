@@ -49,6 +49,7 @@ from wsss_steps.cli import (
     add_checkpoint_arguments,
     add_run_arguments,
     check_checkpoint,
+    loop_settings,
     start_run,
     step_parser,
 )
@@ -63,7 +64,7 @@ from wsss_steps.networks.relation import (
     save_relation,
 )
 from wsss_steps.store.digests import file_digest
-from wsss_steps.training.loop import LoopSettings, Trainee, steps_per_epoch, train
+from wsss_steps.training.loop import Trainee, steps_per_epoch, train
 from wsss_steps.training.relation import RelationDataset, labels_digest
 from wsss_steps.training.schedules import POLY_POWER
 
@@ -193,10 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return loss, {key: parts[key] for key in ("bg_pos", "fg_pos", "neg")}
 
     trainee = Trainee(model, optimizer, [args.lr], dataset, step)
-    plan = LoopSettings(name="train_relation", epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                        device=device, settings=settings, checkpoint_dir=args.checkpoint_dir,
-                        checkpoint_every=args.checkpoint_every, stop_after_epochs=args.stop_after_epochs,
-                        metrics_path=args.metrics, metric_columns=METRIC_COLUMNS, num_workers=args.num_workers)
+    plan = loop_settings(args, "train_relation", device, settings, METRIC_COLUMNS)
     outcome = train(trainee, plan)
     if not outcome.finished:
         return 0

@@ -44,6 +44,7 @@ from wsss_steps.cli import (
     add_checkpoint_arguments,
     add_run_arguments,
     check_checkpoint,
+    loop_settings,
     start_run,
     step_parser,
 )
@@ -59,7 +60,7 @@ from wsss_steps.networks.segmentation import (
 )
 from wsss_steps.store.digests import file_digest
 from wsss_steps.training.augment import TrainAugmentation
-from wsss_steps.training.loop import LoopSettings, Trainee, set_bn_frozen, train
+from wsss_steps.training.loop import Trainee, set_bn_frozen, train
 from wsss_steps.training.schedules import POLY_POWER
 from wsss_steps.training.segmentation import (
     MaskSource,
@@ -218,10 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return loss, {}
 
     trainee = Trainee(model, optimizer, base_lrs, dataset, step, train_mode=train_mode)
-    plan = LoopSettings(name="train_segmentation", epochs=args.epochs, batch_size=args.batch_size, seed=args.seed,
-                        device=device, settings=settings, checkpoint_dir=args.checkpoint_dir,
-                        checkpoint_every=args.checkpoint_every, stop_after_epochs=args.stop_after_epochs,
-                        metrics_path=args.metrics, metric_columns=METRIC_COLUMNS, num_workers=args.num_workers)
+    plan = loop_settings(args, "train_segmentation", device, settings, METRIC_COLUMNS)
     outcome = train(trainee, plan)
     if not outcome.finished:
         return 0

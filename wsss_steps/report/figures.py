@@ -17,6 +17,7 @@ import html
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -118,6 +119,18 @@ def _pyplot():
     return plt
 
 
+def _save_curves(plt: Any, fig: Any, ax: Any, out: Path, xlabel: str, ylabel: str, title: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
 def plot_sweep(curves: Sequence[tuple[str, Path]], out: Path, title: str) -> None:
     """mIoU (%) against the background threshold, one line per stage, best point marked."""
     plt = _pyplot()
@@ -131,15 +144,7 @@ def plot_sweep(curves: Sequence[tuple[str, Path]], out: Path, title: str) -> Non
         best = int(np.argmax(ys))
         (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=f"{name} (best {ys[best]:.1f} at {xs[best]:.2f})")
         ax.plot([xs[best]], [ys[best]], marker="*", markersize=12, color=line.get_color())
-    ax.set_xlabel("background threshold")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    _save_curves(plt, fig, ax, out, "background threshold", "mIoU (%)", title)
 
 
 def plot_precision_recall(curves: Sequence[tuple[str, Path]], out: Path, title: str) -> None:
@@ -159,15 +164,7 @@ def plot_precision_recall(curves: Sequence[tuple[str, Path]], out: Path, title: 
                           label=f"{name} (best mIoU {100 * float(rows[best]['miou']):.1f} at "
                                 f"{float(rows[best]['threshold']):.2f})")
         ax.plot([recall[best]], [precision[best]], marker="*", markersize=12, color=line.get_color())
-    ax.set_xlabel("mean recall (%)")
-    ax.set_ylabel("mean precision (%)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
+    _save_curves(plt, fig, ax, out, "mean recall (%)", "mean precision (%)", title)
 
 
 def plot_per_class(tables: Sequence[tuple[str, Path]], out: Path, title: str) -> None:
