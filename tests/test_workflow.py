@@ -93,7 +93,7 @@ def test_evaluation_setting_reruns_only_evaluation(finished_run: Path) -> None:
         # The seeds' sweep changes the report's sweep, bars, gallery (best threshold) and table.
         assert planned_jobs(finished_run) == {"evaluate_sweep": 2, "summary": 1, "report_table": 1,
                                               "report_sweep": 1, "report_per_class": 1, "report_gallery": 1,
-                                              "all": 1}
+                                              "report_seeds_precision_recall": 1, "all": 1}
     finally:
         write_config(finished_run, TINY)
 
@@ -114,7 +114,8 @@ def test_classifier_setting_reruns_classifier_and_what_follows(finished_run: Pat
                     # both segmentation networks start from the classifier (cam and full)
                     "train_segmentation": 2, "segment_shard": 4, "segment_gallery": 2,
                     "evaluate_segmentation": 4, "export_segmentation_png": 4, "report_table": 1,
-                    "report_sweep": 1, "report_per_class": 2, "report_gallery": 2}
+                    "report_sweep": 1, "report_per_class": 2, "report_gallery": 2,
+                    "report_seeds_precision_recall": 1}
 
 
 def test_inference_setting_reruns_only_inference(finished_run: Path) -> None:
