@@ -18,12 +18,12 @@ import argparse
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch and the loop load only in the steps that run a network
+    import torch
 
-from wsss_steps.networks.inputs import resolve_device
-from wsss_steps.training.loop import LoopSettings
+    from wsss_steps.training.loop import LoopSettings
 
 
 def step_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
@@ -89,6 +89,8 @@ def loop_settings(args: argparse.Namespace, name: str, device: torch.device, set
                   metric_columns: Sequence[str], **extra: Any) -> LoopSettings:
     """The training loop's settings from a training step's shared options (epochs, batch size,
     seed, checkpoints, metrics, workers); ``extra`` sets the rest (e.g. ``loss_column``)."""
+    from wsss_steps.training.loop import LoopSettings
+
     return LoopSettings(name=name, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=device,
                         settings=settings, checkpoint_dir=args.checkpoint_dir,
                         checkpoint_every=args.checkpoint_every, stop_after_epochs=args.stop_after_epochs,
@@ -105,6 +107,10 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 def start_run(args: argparse.Namespace) -> torch.device:
     """Logging, torch threads and the device of a step that was given the run arguments."""
+    import torch
+
+    from wsss_steps.networks.inputs import resolve_device
+
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -33,7 +33,7 @@ from wsss_steps.evaluation.metrics import (
     threshold_confusion_matrices,
 )
 from wsss_steps.methods.crf import IRN_CRF, crf_from_labels
-from wsss_steps.methods.labels import foreground_argmax
+from wsss_steps.methods.labels import foreground_argmax, padded_argmax
 from wsss_steps.store.maps import MapReader, MapStoreError
 
 log = logging.getLogger(__name__)
@@ -123,9 +123,7 @@ def crf_confusions(seed: SeedImage, image: np.ndarray, thresholds: Sequence[floa
     lut = np.r_[0, seed.keys + 1]
     result = np.empty((len(thresholds), num_labels, num_labels), dtype=np.int64)
     for i, threshold in enumerate(thresholds):
-        padded = np.concatenate([np.full((1, *seed.cam.shape[1:]), threshold, dtype=seed.cam.dtype),
-                                 seed.cam])
-        compact = np.argmax(padded, axis=0)
+        compact = padded_argmax(seed.cam, threshold)
         refined = crf_from_labels(image, compact, lut.size, IRN_CRF)
         result[i] = confusion_matrix(seed.mask, lut[refined], num_labels)
     return result
