@@ -96,27 +96,33 @@ def best_row(curve: Path) -> dict[str, float]:
     return max(rows, key=lambda r: (r["miou"], -r["threshold"]))
 
 
-def attribution_split(base: Path, variant: Path, manifest_path: Path) -> dict[str, float]:
-    """Shares of the mass a variant adds over the base map (both max-normalised per class)."""
+def attribution_split(base: Path, variant: Path, manifest_path: Path) -> dict[str, object]:
+    """Shares of the mass a variant adds over the base map (both max-normalised per class), over
+    all classes and per class (``per_class``: class name -> shares and the class's added mass)."""
     manifest = read_manifest(manifest_path)
-    totals = {"own": 0.0, "other_objects": 0.0, "background": 0.0, "void": 0.0}
+    places = ("own", "other_objects", "background", "void")
+    totals = np.zeros((manifest.num_classes, len(places)))
     with MapReader(base) as a, MapReader(variant) as b:
         for record in manifest.records:
             gt = read_label_mask(record.mask_path)
             cam_a = np.asarray(a.read(record.image_id, ["cam"])["cam"], np.float32)
             cam_b = np.asarray(b.read(record.image_id, ["cam"])["cam"], np.float32)
+            void, background = gt == IGNORE_LABEL, gt == 0
             for k, label in enumerate(record.labels):
                 added = np.maximum(cam_b[k] - cam_a[k], 0)
                 own = gt == label + 1
-                void = gt == IGNORE_LABEL
-                background = gt == 0
-                totals["own"] += float(added[own].sum())
-                totals["void"] += float(added[void].sum())
-                totals["background"] += float(added[background].sum())
-                totals["other_objects"] += float(added[~own & ~void & ~background].sum())
-    mass = sum(totals.values())
-    return {k: round(v / mass, 4) if mass else 0.0 for k, v in totals.items()} | {
-        "added_per_image_class": round(mass / max(1, sum(len(r.labels) for r in manifest.records)), 2)}
+                totals[label] += [added[own].sum(), added[~own & ~void & ~background].sum(),
+                                  added[background].sum(), added[void].sum()]
+
+    def shares(row: np.ndarray) -> dict[str, float]:
+        mass = row.sum()
+        return {place: round(float(v / mass), 4) if mass else 0.0 for place, v in zip(places, row, strict=True)}
+
+    pairs = max(1, sum(len(r.labels) for r in manifest.records))
+    return shares(totals.sum(axis=0)) | {
+        "added_per_image_class": round(float(totals.sum()) / pairs, 2),
+        "per_class": {name: shares(totals[c]) | {"added": round(float(totals[c].sum()), 1)}
+                      for c, name in enumerate(manifest.class_names) if totals[c].sum() > 0}}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
