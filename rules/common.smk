@@ -14,7 +14,7 @@ from wsss_steps.workflow.config import ConfigError, check_config, missing_weight
 
 SCHEMA_PATH = os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
 with open(SCHEMA_PATH) as _schema_file:
-    check_config(config, yaml.safe_load(_schema_file))
+    check_config(config, yaml.safe_load(_schema_file), tuple(workflow.configfiles))
 validate(config, SCHEMA_PATH)
 _missing_weights = missing_weight_files(config)
 if _missing_weights:
@@ -103,6 +103,14 @@ def val_split(wildcards):
 def seed_split(wildcards):
     """The split seeds, affinity labels, random walk and pseudo masks are computed and evaluated on."""
     return train_split(wildcards)
+
+
+def masks_required(wildcards):
+    """Splits that are evaluated need every ground-truth mask, checked before any training: the
+    seed split always, the val split when a segmentation network is evaluated on it."""
+    if wildcards.split == seed_split(wildcards):
+        return True
+    return wildcards.split == val_split(wildcards) and bool(SEGMENTATION_EXPERIMENTS)
 
 
 def manifest(wildcards, split):
@@ -283,8 +291,8 @@ def segmentation_train_inputs(wildcards):
 
 
 def segmentation_sources(wildcards, input):
-    init = f"--init-classifier {input.classifier}" if SEGMENTATION["init_from_classifier"] else ""
-    masks = "--ground-truth" if wildcards.masks == FULL else f"--masks {input.masks}"
+    init = f"--init-classifier {shlex.quote(input.classifier)}" if SEGMENTATION["init_from_classifier"] else ""
+    masks = "--ground-truth" if wildcards.masks == FULL else f"--masks {shlex.quote(input.masks)}"
     return f"{masks} {init}"
 
 
@@ -330,7 +338,7 @@ def gallery_inputs(wildcards):
 
 
 def pairs(mapping):
-    return " ".join(f"{name}={path}" for name, path in mapping.items())
+    return " ".join(shlex.quote(f"{name}={path}") for name, path in mapping.items())
 
 
 def seed_experiments():

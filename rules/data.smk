@@ -20,7 +20,7 @@ for _name, _dataset in GENERATED_DATASETS.items():
         conda:
             "../envs/wsss.yaml"
         shell:
-            "python -m wsss_steps.generate_dataset --out {output} {params.options} 2> {log}"
+            "python -m wsss_steps.generate_dataset --out {output:q} {params.options} 2> {log:q}"
 
 
 rule prepare_data:
@@ -39,7 +39,7 @@ rule prepare_data:
                 "labels_csv": dataset_settings(w).get("labels_csv"),
             }
         ),
-        require_masks=lambda w: "--require-masks" if w.split == seed_split(w) else "",
+        require_masks=lambda w: "--require-masks" if masks_required(w) else "",
     log:
         "logs/{dataset}/prepare_data_{split}.log",
     benchmark:
@@ -52,4 +52,4 @@ rule prepare_data:
         "../envs/wsss.yaml"
     shell:
         "python -m wsss_steps.prepare_data {params.options} --split {wildcards.split} "
-        "{params.require_masks} --out-dir results/{wildcards.dataset}/data 2> {log}"
+        "{params.require_masks} --out-dir results/{wildcards.dataset}/data 2> {log:q}"
