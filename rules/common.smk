@@ -10,6 +10,7 @@ sys.path.insert(0, workflow.basedir)
 # Jobs (local, in a conda env, or on cluster nodes) import the steps from this checkout.
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}:$PYTHONPATH; ")
 
+from wsss_steps.data.adapters import open_dataset  # noqa: E402
 from wsss_steps.workflow.config import ConfigError, check_config, missing_weight_files  # noqa: E402
 
 SCHEMA_PATH = os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
@@ -129,9 +130,13 @@ def seed_manifest(wildcards):
     return manifest(wildcards, seed_split(wildcards))
 
 
-def dataset_root_input(wildcards):
-    """The generated dataset is a rule's output; other datasets are read where they are."""
-    return [DATASETS[wildcards.dataset]["root"]] if wildcards.dataset in GENERATED_DATASETS else []
+def dataset_source_files(wildcards):
+    """What a split's manifest is built from: the generated dataset's folder (a rule's output), or
+    every file of a user's dataset the manifest reads (split list, classes, labels, images, masks),
+    so editing any of them reruns prepare_data and what depends on it, and nothing else."""
+    if wildcards.dataset in GENERATED_DATASETS:
+        return [DATASETS[wildcards.dataset]["root"]]
+    return [str(path) for path in open_dataset(DATASETS[wildcards.dataset]).source_files(wildcards.split)]
 
 
 # Map stages (rules/maps.smk): inferred in shards, each over one split, then merged by merge_maps.

@@ -25,7 +25,7 @@ for _name, _dataset in GENERATED_DATASETS.items():
 
 rule prepare_data:
     input:
-        dataset_root_input,
+        dataset_source_files,
     output:
         "results/{dataset}/data/{split}.csv",
     params:
@@ -37,6 +37,7 @@ rule prepare_data:
                 "name": w.dataset,
                 "label_source": dataset_settings(w)["label_source"],
                 "labels_csv": dataset_settings(w).get("labels_csv"),
+                "max_image_pixels": dataset_settings(w)["max_image_pixels"],
             }
         ),
         require_masks=lambda w: "--require-masks" if masks_required(w) else "",

@@ -79,6 +79,13 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     if FULL_SUPERVISION in config.get("seeds", {}):
         problems.append(f"seeds.{FULL_SUPERVISION}: the name {FULL_SUPERVISION!r} is reserved for the "
                         "fully supervised experiment (ground-truth masks); rename it")
+    for name, settings in (config.get("seeds") or {}).items():
+        method = (settings or {}).get("method")
+        if method == "advcam_sal" and not settings.get("saliency"):
+            problems.append(f"seeds.{name}: method advcam_sal needs saliency: <saliency map file> "
+                            "(else it would be plain AdvCAM under another name)")
+        if method != "advcam_sal" and (settings or {}).get("saliency"):
+            problems.append(f"seeds.{name}: saliency is read by method advcam_sal only, not {method}")
     for section in ("affinity", "random_walk"):
         for name in (config.get(section) or {}).get("per_seeds") or {}:
             if name not in config.get("seeds", {}):
