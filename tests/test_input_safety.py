@@ -107,3 +107,13 @@ def _refused_keeping(workdir: Path, kept: Path) -> str:
     assert result.returncode != 0
     assert kept.read_text() == "an earlier run's summary\n"
     return result.stdout + result.stderr
+
+
+def test_advcam_sal_without_a_saliency_map_is_refused() -> None:
+    config = copy.deepcopy(CONFIG)
+    config["seeds"]["sal"] = {"method": "advcam_sal"}
+    with pytest.raises(ConfigError, match="seeds.sal: method advcam_sal needs saliency"):
+        check_config(config, SCHEMA)
+    config["seeds"]["sal"] = {"method": "advcam", "saliency": "sal.h5"}
+    with pytest.raises(ConfigError, match="seeds.sal: saliency is read by method advcam_sal only, not advcam"):
+        check_config(config, SCHEMA)
