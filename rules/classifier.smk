@@ -24,8 +24,8 @@ rule train_classifier:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.train_classifier --manifest {input.train} --val-manifest {input.val} "
-        "--out {output.model} --metrics {output.metrics} --summary {output.rows} "
-        "--checkpoint-dir {params.checkpoints} --checkpoint-every {params.checkpoint_every} "
+        "python -m wsss_steps.train_classifier --manifest {input.train:q} --val-manifest {input.val:q} "
+        "--out {output.model:q} --metrics {output.metrics:q} --summary {output.rows:q} "
+        "--checkpoint-dir {params.checkpoints:q} --checkpoint-every {params.checkpoint_every} "
         "--name {wildcards.classifier} --dataset {wildcards.dataset} {params.options} "
-        "--device {params.device} --threads {threads} 2> {log}"
+        "--device {params.device} --threads {threads} 2> {log:q}"

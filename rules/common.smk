@@ -10,11 +10,12 @@ sys.path.insert(0, workflow.basedir)
 # Jobs (local, in a conda env, or on cluster nodes) import the steps from this checkout.
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}:$PYTHONPATH; ")
 
+from wsss_steps.data.adapters import open_dataset  # noqa: E402
 from wsss_steps.workflow.config import ConfigError, check_config, missing_weight_files  # noqa: E402
 
 SCHEMA_PATH = os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
 with open(SCHEMA_PATH) as _schema_file:
-    check_config(config, yaml.safe_load(_schema_file))
+    check_config(config, yaml.safe_load(_schema_file), tuple(workflow.configfiles))
 validate(config, SCHEMA_PATH)
 _missing_weights = missing_weight_files(config)
 if _missing_weights:
@@ -105,6 +106,14 @@ def seed_split(wildcards):
     return train_split(wildcards)
 
 
+def masks_required(wildcards):
+    """Splits that are evaluated need every ground-truth mask, checked before any training: the
+    seed split always, the val split when a segmentation network is evaluated on it."""
+    if wildcards.split == seed_split(wildcards):
+        return True
+    return wildcards.split == val_split(wildcards) and bool(SEGMENTATION_EXPERIMENTS)
+
+
 def manifest(wildcards, split):
     return f"results/{wildcards.dataset}/data/{split}.csv"
 
@@ -121,9 +130,13 @@ def seed_manifest(wildcards):
     return manifest(wildcards, seed_split(wildcards))
 
 
-def dataset_root_input(wildcards):
-    """The generated dataset is a rule's output; other datasets are read where they are."""
-    return [DATASETS[wildcards.dataset]["root"]] if wildcards.dataset in GENERATED_DATASETS else []
+def dataset_source_files(wildcards):
+    """What a split's manifest is built from: the generated dataset's folder (a rule's output), or
+    every file of a user's dataset the manifest reads (split list, classes, labels, images, masks),
+    so editing any of them reruns prepare_data and what depends on it, and nothing else."""
+    if wildcards.dataset in GENERATED_DATASETS:
+        return [DATASETS[wildcards.dataset]["root"]]
+    return [str(path) for path in open_dataset(DATASETS[wildcards.dataset]).source_files(wildcards.split)]
 
 
 # Map stages (rules/maps.smk): inferred in shards, each over one split, then merged by merge_maps.
@@ -283,8 +296,8 @@ def segmentation_train_inputs(wildcards):
 
 
 def segmentation_sources(wildcards, input):
-    init = f"--init-classifier {input.classifier}" if SEGMENTATION["init_from_classifier"] else ""
-    masks = "--ground-truth" if wildcards.masks == FULL else f"--masks {input.masks}"
+    init = f"--init-classifier {shlex.quote(input.classifier)}" if SEGMENTATION["init_from_classifier"] else ""
+    masks = "--ground-truth" if wildcards.masks == FULL else f"--masks {shlex.quote(input.masks)}"
     return f"{masks} {init}"
 
 
@@ -330,7 +343,7 @@ def gallery_inputs(wildcards):
 
 
 def pairs(mapping):
-    return " ".join(f"{name}={path}" for name, path in mapping.items())
+    return " ".join(shlex.quote(f"{name}={path}") for name, path in mapping.items())
 
 
 def seed_experiments():

@@ -20,12 +20,12 @@ for _name, _dataset in GENERATED_DATASETS.items():
         conda:
             "../envs/wsss.yaml"
         shell:
-            "python -m wsss_steps.generate_dataset --out {output} {params.options} 2> {log}"
+            "python -m wsss_steps.generate_dataset --out {output:q} {params.options} 2> {log:q}"
 
 
 rule prepare_data:
     input:
-        dataset_root_input,
+        dataset_source_files,
     output:
         "results/{dataset}/data/{split}.csv",
     params:
@@ -37,9 +37,10 @@ rule prepare_data:
                 "name": w.dataset,
                 "label_source": dataset_settings(w)["label_source"],
                 "labels_csv": dataset_settings(w).get("labels_csv"),
+                "max_image_pixels": dataset_settings(w)["max_image_pixels"],
             }
         ),
-        require_masks=lambda w: "--require-masks" if w.split == seed_split(w) else "",
+        require_masks=lambda w: "--require-masks" if masks_required(w) else "",
     log:
         "logs/{dataset}/prepare_data_{split}.log",
     benchmark:
@@ -52,4 +53,4 @@ rule prepare_data:
         "../envs/wsss.yaml"
     shell:
         "python -m wsss_steps.prepare_data {params.options} --split {wildcards.split} "
-        "{params.require_masks} --out-dir results/{wildcards.dataset}/data 2> {log}"
+        "{params.require_masks} --out-dir results/{wildcards.dataset}/data 2> {log:q}"

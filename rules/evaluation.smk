@@ -30,10 +30,10 @@ rule evaluate_sweep:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.evaluate --manifest {input.manifest} --maps {input.maps} {params.options} "
+        "python -m wsss_steps.evaluate --manifest {input.manifest:q} --maps {input.maps:q} {params.options} "
         "--dataset {wildcards.dataset} --stage {wildcards.sweep_stage} --method {wildcards.seeds} "
-        "--classifier {wildcards.classifier} --split {params.split} --curve {output.curve} "
-        "--per-class {output.per_class} --summary {output.rows} 2> {log}"
+        "--classifier {wildcards.classifier} --split {params.split} --curve {output.curve:q} "
+        "--per-class {output.per_class:q} --summary {output.rows:q} 2> {log:q}"
 
 
 rule evaluate_segmentation:
@@ -57,10 +57,10 @@ rule evaluate_segmentation:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.evaluate --manifest {input.manifest} --maps {input.maps} "
+        "python -m wsss_steps.evaluate --manifest {input.manifest:q} --maps {input.maps:q} "
         "--map-name {params.map_name} --label-map --dataset {wildcards.dataset} --stage {wildcards.seg_stage} "
         "--method {wildcards.masks} --classifier {wildcards.classifier} --split {params.split} "
-        "--per-class {output.per_class} --summary {output.rows} 2> {log}"
+        "--per-class {output.per_class:q} --summary {output.rows:q} 2> {log:q}"
 
 
 rule summary:
@@ -79,4 +79,4 @@ rule summary:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.summarize --out {output} {input} 2> {log}"
+        "python -m wsss_steps.summarize --out {output:q} {input:q} 2> {log:q}"

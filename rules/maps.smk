@@ -22,4 +22,4 @@ rule merge_maps:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.merge_maps --manifest {input.manifest} --out {output} {input.shards} 2> {log}"
+        "python -m wsss_steps.merge_maps --manifest {input.manifest:q} --out {output:q} {input.shards:q} 2> {log:q}"

@@ -24,8 +24,8 @@ rule affinity_labels_shard:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.affinity_labels --seeds {input.seeds} --manifest {input.manifest} "
-        "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output} {params.options} 2> {log}"
+        "python -m wsss_steps.affinity_labels --seeds {input.seeds:q} --manifest {input.manifest:q} "
+        "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output:q} {params.options} 2> {log:q}"
 
 
 rule train_relation:
@@ -54,10 +54,10 @@ rule train_relation:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.train_relation --classifier {input.classifier} --labels {input.labels} "
-        "--manifest {input.manifest} --out {output.model} --metrics {output.metrics} "
-        "--checkpoint-dir {params.checkpoints} --checkpoint-every {params.checkpoint_every} "
-        "--dataset {wildcards.dataset} {params.options} --device {params.device} --threads {threads} 2> {log}"
+        "python -m wsss_steps.train_relation --classifier {input.classifier:q} --labels {input.labels:q} "
+        "--manifest {input.manifest:q} --out {output.model:q} --metrics {output.metrics:q} "
+        "--checkpoint-dir {params.checkpoints:q} --checkpoint-every {params.checkpoint_every} "
+        "--dataset {wildcards.dataset} {params.options} --device {params.device} --threads {threads} 2> {log:q}"
 
 
 rule random_walk_shard:
@@ -82,9 +82,9 @@ rule random_walk_shard:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.random_walk --relation {input.relation} --seeds {input.seeds} "
-        "--manifest {input.manifest} --shard {wildcards.shard} --num-shards {wildcards.n} --out {output} "
-        "--method {wildcards.seeds} {params.options} --device {params.device} --threads {threads} 2> {log}"
+        "python -m wsss_steps.random_walk --relation {input.relation:q} --seeds {input.seeds:q} "
+        "--manifest {input.manifest:q} --shard {wildcards.shard} --num-shards {wildcards.n} --out {output:q} "
+        "--method {wildcards.seeds} {params.options} --device {params.device} --threads {threads} 2> {log:q}"
 
 
 rule pseudo_masks:
@@ -108,5 +108,5 @@ rule pseudo_masks:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.pseudo_masks --maps {input.maps} --manifest {input.manifest} "
-        "--out {output.masks} --export-png {output.png} {params.options} 2> {log}"
+        "python -m wsss_steps.pseudo_masks --maps {input.maps:q} --manifest {input.manifest:q} "
+        "--out {output.masks:q} --export-png {output.png:q} {params.options} 2> {log:q}"

@@ -22,7 +22,7 @@ rule report_table:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.report_figures table --summary {input} --out {output} 2> {log}"
+        "python -m wsss_steps.report_figures table --summary {input:q} --out {output:q} 2> {log:q}"
 
 
 rule report_sweep:
@@ -51,7 +51,7 @@ rule report_sweep:
     shell:
         "python -m wsss_steps.report_figures sweep --curve {params.curves} "
         "--title 'mIoU against the background threshold: {wildcards.classifier} / {wildcards.masks}' "
-        "--out {output} 2> {log}"
+        "--out {output:q} 2> {log:q}"
 
 
 rule report_seeds_precision_recall:
@@ -78,7 +78,7 @@ rule report_seeds_precision_recall:
     shell:
         "python -m wsss_steps.report_figures precision-recall --curve {params.curves} "
         "--title 'Seeds: precision against recall over the background threshold ({wildcards.dataset})' "
-        "--out {output} 2> {log}"
+        "--out {output:q} 2> {log:q}"
 
 
 rule report_per_class:
@@ -106,7 +106,7 @@ rule report_per_class:
         "../envs/wsss.yaml"
     shell:
         "python -m wsss_steps.report_figures per-class --per-class {params.tables} "
-        "--title 'Per-class IoU: {wildcards.classifier} / {wildcards.masks}' --out {output} 2> {log}"
+        "--title 'Per-class IoU: {wildcards.classifier} / {wildcards.masks}' --out {output:q} 2> {log:q}"
 
 
 rule report_gallery:
@@ -123,7 +123,7 @@ rule report_gallery:
     params:
         gallery_images=config["report"]["gallery_images"],
         stages=lambda w, input: " ".join(
-            f"--{name.replace('_', '-')} {path}"
+            f"--{name.replace('_', '-')} {shlex.quote(path)}"
             for name, path in input.items()
             if name not in ("manifest", "predictions")
         ),
@@ -139,6 +139,6 @@ rule report_gallery:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.report_figures gallery --manifest {input.manifest} "
-        "--predictions {input.predictions} {params.stages} --count {params.gallery_images} {params.crf} "
-        "--out {output} 2> {log}"
+        "python -m wsss_steps.report_figures gallery --manifest {input.manifest:q} "
+        "--predictions {input.predictions:q} {params.stages} --count {params.gallery_images} {params.crf} "
+        "--out {output:q} 2> {log:q}"

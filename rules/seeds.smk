@@ -26,6 +26,6 @@ rule seeds_shard:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.seeds --classifier {input.classifier} --manifest {input.manifest} "
-        "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output} {params.options} "
-        "--device {params.device} --threads {threads} 2> {log}"
+        "python -m wsss_steps.seeds --classifier {input.classifier:q} --manifest {input.manifest:q} "
+        "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output:q} {params.options} "
+        "--device {params.device} --threads {threads} 2> {log:q}"

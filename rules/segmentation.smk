@@ -32,10 +32,10 @@ rule train_segmentation:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.train_segmentation --manifest {input.manifest} {params.sources} "
-        "--out {output.model} --metrics {output.metrics} --checkpoint-dir {params.checkpoints} "
+        "python -m wsss_steps.train_segmentation --manifest {input.manifest:q} {params.sources} "
+        "--out {output.model:q} --metrics {output.metrics:q} --checkpoint-dir {params.checkpoints:q} "
         "--checkpoint-every {params.checkpoint_every} --name {wildcards.masks} --dataset {wildcards.dataset} "
-        "{params.options} --device {params.device} --threads {threads} 2> {log}"
+        "{params.options} --device {params.device} --threads {threads} 2> {log:q}"
 
 
 rule segment_shard:
@@ -59,9 +59,9 @@ rule segment_shard:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.segment --model {input.model} --manifest {input.manifest} "
-        "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output} --method {wildcards.masks} "
-        "{params.options} --device {params.device} --threads {threads} 2> {log}"
+        "python -m wsss_steps.segment --model {input.model:q} --manifest {input.manifest:q} "
+        "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output:q} --method {wildcards.masks} "
+        "{params.options} --device {params.device} --threads {threads} 2> {log:q}"
 
 
 # The val predictions as VOC palette PNGs: png/ (segmentation), png_crf/ (segmentation_crf).
@@ -86,8 +86,8 @@ rule export_segmentation_png:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.export_png --maps {input.maps} --map-name {params.map_name} "
-        "--manifest {input.manifest} --out {output} 2> {log}"
+        "python -m wsss_steps.export_png --maps {input.maps:q} --map-name {params.map_name} "
+        "--manifest {input.manifest:q} --out {output:q} 2> {log:q}"
 
 
 # The report gallery's images of the seed split (report.gallery_images of them), segmented as the
@@ -114,6 +114,6 @@ rule segment_gallery:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.segment --model {input.model} --manifest {input.manifest} "
-        "--gallery {params.gallery_images} --out {output} --method {wildcards.masks} "
-        "{params.options} --device {params.device} --threads {threads} 2> {log}"
+        "python -m wsss_steps.segment --model {input.model:q} --manifest {input.manifest:q} "
+        "--gallery {params.gallery_images} --out {output:q} --method {wildcards.masks} "
+        "{params.options} --device {params.device} --threads {threads} 2> {log:q}"

@@ -64,7 +64,7 @@ def test_bad_data_is_named(tmp_path: Path) -> None:
     assert "4 problem(s)" in message
     assert "'nolabel'" in message and "no image-level label" in message
     assert "badmask.png has values [7] outside 0..2" in message
-    assert "broken.jpg" in message and "could not be decoded" in message
+    assert "broken.jpg (not an image format PIL reads)" in message and "could not be decoded" in message
     assert "gone.jpg" in message and "not found" in message
 
 
@@ -138,4 +138,4 @@ def test_boxes_reach_the_manifest_and_bad_rows_are_named(tmp_path: Path) -> None
 def test_manifest_without_boxes_keeps_its_columns(tmp_path: Path) -> None:
     root = make_voc_layout(tmp_path / "ds", {"a1": "cat"})
     path = write_manifest(build_manifest(VocLayoutDataset(root), "train", True), tmp_path / "data")
-    assert path.read_text().splitlines()[0] == "image_id,image,mask,labels,height,width"
+    assert path.read_text().splitlines()[0] == "image_id,image,mask,labels,height,width,digest"

@@ -1,8 +1,11 @@
 """Checks a dataset split and writes its manifest (classes.txt + {split}.csv) for later steps.
 
-Every image is opened: a missing or unreadable file, a mask value outside the classes, an id with
-path separators, an image without a label or an unknown class name stops here, with every problem
-listed, before any training starts.
+Every image and mask is decoded in full: a missing, damaged or truncated file, an image above
+``--max-image-pixels``, a mask value outside the classes, an id with path separators, an image
+without a label, a second labels.csv row for an image or an unknown class name stops here, with
+every problem listed, before any training starts. Each record carries the sha256 of its image and
+mask bytes (the ``digest`` column): models and maps record the split's content, so replacing an
+image's pixels under the same id makes the next run start over instead of resuming.
 
 Example::
 
@@ -18,6 +21,7 @@ from collections.abc import Sequence
 
 from wsss_steps.cli import setup_logging, step_parser
 from wsss_steps.data.adapters import DATASET_KINDS, build_manifest, open_dataset
+from wsss_steps.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from wsss_steps.data.manifest import write_manifest
 
 log = logging.getLogger("wsss_steps.prepare_data")
@@ -35,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="voc2012: image-level labels from the masks (as IRN) or from Annotations/")
     parser.add_argument("--require-masks", action="store_true",
                         help="every image must have a ground-truth mask (evaluation splits)")
+    parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
+                        help="larger images are refused, by name (default: %(default)s)")
     return parser
 
 
@@ -43,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     dataset = open_dataset({"kind": args.kind, "root": args.root, "name": args.name,
                             "labels_csv": args.labels_csv, "label_source": args.label_source})
-    manifest = build_manifest(dataset, args.split, require_masks=args.require_masks)
+    manifest = build_manifest(dataset, args.split, require_masks=args.require_masks,
+                              max_image_pixels=args.max_image_pixels)
     path = write_manifest(manifest, args.out_dir)
     log.info("%s: %d images, %d classes → %s", args.split, len(manifest.records), manifest.num_classes, path)
     return 0

@@ -36,6 +36,7 @@ from wsss_steps.methods.random_walk import (
     propagate_seeds,
 )
 from wsss_steps.networks.inputs import image_to_tensor
+from wsss_steps.networks.io import model_identity
 from wsss_steps.networks.relation import (
     boundary_map,
     load_relation,
@@ -121,7 +122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     params = {"radius": args.radius, "beta": args.beta, "exp_times": args.exp_times,
               "seed_power": args.seed_power, "sem_seg_bg_thres": args.sem_seg_bg_thres, "flip": args.flip,
-              "dtype": args.dtype, "relation": meta.get("settings_hash", ""),
+              "dtype": args.dtype, "relation": model_identity(args.relation, meta) if model is not None else "ground-truth",
               "seeds": {"method": str(seeds.attrs.get("method", "")), "params": seeds.params}}
     if model is None:
         params["boundary"] = args.boundary

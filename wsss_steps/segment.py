@@ -30,6 +30,7 @@ from wsss_steps.cli import (
 from wsss_steps.data.images import read_image
 from wsss_steps.data.manifest import ImageRecord, read_manifest, spread_ids
 from wsss_steps.methods.segmentation import DEFAULT_SCALES, STAGE, predict_image
+from wsss_steps.networks.io import model_identity
 from wsss_steps.networks.segmentation import load_segmentation
 from wsss_steps.store.shards import write_map_shard
 
@@ -78,7 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return predict_image(model, image, device, args.scales, args.flip, args.crf)
 
     params = {"scales": list(args.scales), "flip": args.flip, "crf": args.crf,
-              "model": meta.get("settings_hash", ""), "crf_settings": "deeplab" if args.crf else None}
+              "model": model_identity(args.model, meta),
+              "images": manifest.content_digest(), "crf_settings": "deeplab" if args.crf else None}
     count = write_map_shard(manifest, args.shard, args.num_shards, args.out, compute, stage=STAGE,
                             method=args.method or str(meta.get("name", "")) or "segmentation", params=params)
     log.info("wrote %s (%d images computed in this run)", args.out, count)

@@ -22,7 +22,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -132,9 +131,6 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
 
 def training_settings(args: argparse.Namespace, manifest: Manifest) -> dict[str, Any]:
     """Everything that shapes the trained weights (not paths of outputs, device or threads)."""
-    digest = hashlib.sha256()
-    for record in manifest.records:
-        digest.update(f"{record.image_id}\t{record.labels}\n".encode())
     weights = None
     if args.pretrained and args.backbone_weights:
         path = Path(args.backbone_weights).expanduser().resolve()
@@ -146,7 +142,7 @@ def training_settings(args: argparse.Namespace, manifest: Manifest) -> dict[str,
         "lr": args.lr, "weight_decay": args.weight_decay, "head_lr_mult": args.head_lr_mult,
         "momentum": MOMENTUM, "poly_power": POLY_POWER, "resize_long": list(args.resize_long),
         "crop": args.crop, "seed": args.seed, "class_names": list(manifest.class_names),
-        "train_images": len(manifest.records), "train_digest": digest.hexdigest(),
+        "train_images": len(manifest.records), "train_digest": manifest.content_digest(),
     }
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -209,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "variant": args.variant, "class_names": list(train_manifest.class_names),
         "dataset": dataset_name, "name": args.name, "training": settings, "epochs_trained": args.epochs,
         "val_map": last_eval["map"] if last_eval is not None else None,
+        "settings_hash": outcome.settings_hash,
     }
     save_classifier(args.out, model.cpu(), meta)
     if args.summary and last_eval is not None:

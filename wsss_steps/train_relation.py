@@ -161,8 +161,7 @@ def training_settings(args: argparse.Namespace, manifest: Manifest, stages: Sequ
         "groups": args.groups, "radius": args.radius, "epochs": args.epochs, "batch_size": args.batch_size,
         "lr": args.lr, "weight_decay": args.weight_decay, "momentum": args.momentum,
         "poly_power": POLY_POWER, "crop": args.crop, "rescale": list(args.rescale), "seed": args.seed,
-        "class_names": list(manifest.class_names), "train_ids": hashlib.sha256(
-            "\n".join(manifest.ids).encode()).hexdigest(),
+        "class_names": list(manifest.class_names), "train_digest": manifest.content_digest(),
     }
 
 

@@ -30,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -153,9 +152,6 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
 
 def training_settings(args: argparse.Namespace, manifest: Manifest) -> dict[str, Any]:
     """Everything that shapes the trained weights (not output paths, device or threads)."""
-    digest = hashlib.sha256()
-    for record in manifest.records:
-        digest.update(f"{record.image_id}\t{record.mask_path if args.ground_truth else ''}\n".encode())
     return {
         "kind": "segmentation", "masks": "ground_truth" if args.ground_truth else file_digest(args.masks),
         "init_classifier": file_digest(args.init_classifier) if args.init_classifier else None,
@@ -166,7 +162,7 @@ def training_settings(args: argparse.Namespace, manifest: Manifest) -> dict[str,
         "lr": args.lr, "head_lr_mult": args.head_lr_mult, "weight_decay": args.weight_decay,
         "momentum": MOMENTUM, "poly_power": POLY_POWER, "resize_long": list(args.resize_long),
         "crop": args.crop, "class_balanced": bool(args.class_balanced), "seed": args.seed,
-        "class_names": list(manifest.class_names), "train_digest": digest.hexdigest(),
+        "class_names": list(manifest.class_names), "train_digest": manifest.content_digest(),
     }
 
 

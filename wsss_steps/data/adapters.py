@@ -23,7 +23,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from wsss_steps.data.images import IGNORE_LABEL, read_image, read_label_mask
+from wsss_steps.data.images import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    IGNORE_LABEL,
+    check_image_bytes,
+    file_content_digest,
+    read_label_mask,
+)
 from wsss_steps.data.manifest import (
     MAX_LISTED_PROBLEMS,
     Box,
@@ -90,6 +96,17 @@ class DatasetAdapter(Protocol):
     def mask_path(self, image_id: str) -> Path | None: ...
     def labels(self, image_id: str) -> tuple[int, ...]: ...
     def boxes(self, image_id: str) -> tuple[Box, ...]: ...
+    def source_files(self, split: str) -> list[Path]: ...
+
+
+def _image_and_mask_files(dataset: DatasetAdapter, split: str) -> list[Path]:
+    files = []
+    for image_id in dataset.split_ids(split):
+        files.append(dataset.image_path(image_id))
+        mask = dataset.mask_path(image_id)
+        if mask is not None:
+            files.append(mask)
+    return files
 
 
 class VocLayoutDataset:
@@ -126,6 +143,7 @@ class VocLayoutDataset:
                 raise DatasetError(f"dataset {self.name!r}: labels file not found: {self.labels_csv}")
             index = {name: i for i, name in enumerate(self.class_names)}
             labels: dict[str, tuple[int, ...]] = {}
+            first_line: dict[str, int] = {}
             with self.labels_csv.open(newline="") as handle:
                 reader = csv.DictReader(handle)
                 if reader.fieldnames is None or not {"image_id", "labels"} <= set(reader.fieldnames):
@@ -139,6 +157,10 @@ class VocLayoutDataset:
                             f"{self.labels_csv} line {line_number}: image {image_id!r} has unknown class "
                             f"name(s) {unknown}; known classes: {list(self.class_names)}"
                         )
+                    if image_id in labels:
+                        raise DatasetError(f"{self.labels_csv} line {line_number}: image {image_id!r} has a "
+                                           f"second row (line {first_line[image_id]}); give each image one row")
+                    first_line[image_id] = line_number
                     labels[image_id] = tuple(sorted({index[n] for n in names}))
             self._labels = labels
         return self._labels
@@ -148,6 +170,13 @@ class VocLayoutDataset:
         if image_id not in labels:
             raise DatasetError(f"image {image_id!r} has no row in {self.labels_csv}")
         return labels[image_id]
+
+    def source_files(self, split: str) -> list[Path]:
+        """Every file the split's manifest is built from (what the workflow tracks for reruns)."""
+        files = [self.root / "classes.txt", self.labels_csv, self.root / "ImageSets" / "Segmentation" / f"{split}.txt"]
+        if (self.root / "boxes.csv").is_file():
+            files.append(self.root / "boxes.csv")
+        return files + _image_and_mask_files(self, split)
 
     def boxes(self, image_id: str) -> tuple[Box, ...]:
         """The image's rows of ``boxes.csv`` (``image_id,class,x_min,y_min,x_max,y_max``, inclusive
@@ -173,11 +202,21 @@ class Voc2012Dataset:
     def boxes(self, image_id: str) -> tuple[Box, ...]:
         return ()  # VOC's object boxes (Annotations/) are not read yet
 
+    def source_files(self, split: str) -> list[Path]:
+        """Every file the split's manifest is built from (what the workflow tracks for reruns)."""
+        files = [self._split_file(split), *_image_and_mask_files(self, split)]
+        if self.label_source == "xml":
+            files += [self.root / "Annotations" / f"{image_id}.xml" for image_id in self.split_ids(split)]
+        return files
+
     def split_ids(self, split: str) -> list[str]:
+        return _read_split_ids(self._split_file(split))
+
+    def _split_file(self, split: str) -> Path:
         for folder in ("Segmentation", "SegmentationAug", "Main"):
             path = self.root / "ImageSets" / folder / f"{split}.txt"
             if path.is_file():
-                return _read_split_ids(path)
+                return path
         raise DatasetError(
             f"dataset {self.name!r}: no split file {split}.txt under {self.root / 'ImageSets'}/"
             "{Segmentation,SegmentationAug,Main}; train_aug comes with the SBD conversion (see README)"
@@ -253,11 +292,13 @@ def open_dataset(config: Mapping[str, Any]) -> DatasetAdapter:
 
 
 def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
-                   decode: bool = True) -> Manifest:
+                   decode: bool = True, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Manifest:
     """Checks every image of a split and returns its manifest.
 
     All problems are collected and raised together (up to a limit), each naming its file or id, so
-    one run shows what to fix. ``decode`` opens every image and mask (sizes, mask values).
+    one run shows what to fix. ``decode`` decodes every image in full (damaged or truncated files,
+    images above ``max_image_pixels``) and mask (sizes, values), and records the digest of their
+    bytes (the manifest's content identity).
     """
     problems: list[str] = []
     manifest = Manifest(dataset.name, split, dataset.class_names)
@@ -274,8 +315,9 @@ def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
             if mask_path is None and require_masks:
                 raise DatasetError(f"image {image_id!r}: no ground-truth mask for split {split!r}")
             height = width = 0
+            digest = ""
             if decode:
-                height, width = read_image(image_path).shape[:2]
+                height, width = check_image_bytes(image_path.read_bytes(), image_path, max_image_pixels)
                 if mask_path is not None:
                     mask = read_label_mask(mask_path)
                     if mask.shape != (height, width):
@@ -285,12 +327,14 @@ def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
                         raise DatasetError(
                             f"mask {mask_path} has values {bad} outside 0..{num_classes} and {IGNORE_LABEL}"
                         )
+                digest = file_content_digest(image_path, mask_path)
             boxes = dataset.boxes(image_id)
             outside = [b for b in boxes if decode and (b.x_max >= width or b.y_max >= height)]
             if outside:
                 raise DatasetError(f"image {image_id!r}: box {tuple(outside[0])[1:]} lies outside the "
                                    f"{width}×{height} image")
-            manifest.records.append(ImageRecord(image_id, image_path, mask_path, labels, height, width, boxes))
+            manifest.records.append(ImageRecord(image_id, image_path, mask_path, labels, height, width, boxes,
+                                                digest))
         except (DatasetError, ValueError, FileNotFoundError) as error:
             problems.append(str(error))
             if len(problems) >= MAX_LISTED_PROBLEMS:

@@ -648,7 +648,9 @@ def render_image(settings: GeneratorSettings, split: str, index: int) -> Rendere
 # The dataset on disk
 
 
-def _check_output_folder(out_dir: Path) -> None:
+def check_output_folder(out_dir: Path) -> None:
+    """Raises GeneratorError unless ``out_dir`` is absent, empty, or a dataset this generator wrote
+    (holding nothing else): the generator never replaces a folder of someone else's files."""
     if out_dir.exists() and not out_dir.is_dir():
         raise GeneratorError(f"output path exists and is not a folder: {out_dir}")
     if not out_dir.is_dir() or not any(out_dir.iterdir()):
@@ -748,7 +750,7 @@ def generate_dataset(out_dir: Path, settings: GeneratorSettings) -> dict[str, An
     interrupted run leaves no half-written dataset and old and new files never mix.
     """
     out_dir = Path(out_dir)
-    _check_output_folder(out_dir)
+    check_output_folder(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     staging = out_dir.parent / f".{out_dir.name}.tmp-{token}"
@@ -756,7 +758,7 @@ def generate_dataset(out_dir: Path, settings: GeneratorSettings) -> dict[str, An
     try:
         info = _write_dataset(staging, settings)
         if out_dir.exists():
-            _check_output_folder(out_dir)  # again: something may have appeared meanwhile
+            check_output_folder(out_dir)  # again: something may have appeared meanwhile
             retired = out_dir.parent / f".{out_dir.name}.old-{token}"
             out_dir.rename(retired)
             staging.rename(out_dir)

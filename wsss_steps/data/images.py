@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 IGNORE_LABEL = 255
+# Larger images are refused by name in `prepare_data` (raise it with dataset.max_image_pixels):
+# 8000 × 8000, far above VOC's and COCO's 500–640 px and below what fits a GPU batch.
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+# Our own limit replaces PIL's decompression-bomb check, whose error does not name the file.
+Image.MAX_IMAGE_PIXELS = None
 
 
 def voc_palette(n: int = 256) -> np.ndarray:
@@ -37,6 +44,35 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
+def check_image_bytes(data: bytes, path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+                      ) -> tuple[int, int]:
+    """(height, width) of an image file's content after a full decode; raises ValueError naming
+    ``path`` when it is too large (checked from the header, before decoding), truncated or damaged
+    (a truncated JPEG that OpenCV would decode as mostly grey)."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ValueError(f"image {path} is {width}×{height} = {width * height} pixels, above the limit of "
+                                 f"{max_pixels} (raise it with the config key dataset.max_image_pixels or "
+                                 "prepare_data --max-image-pixels)")
+            img.load()
+    except UnidentifiedImageError as error:
+        raise ValueError(f"image file could not be decoded: {path} (not an image format PIL reads)") from error
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ValueError(f"image file could not be decoded (damaged or truncated): {path} ({error})") from error
+    return height, width
+
+
+def file_content_digest(*paths: str | Path | None) -> str:
+    """sha256 over the bytes of the given files in order (None: an absent file, e.g. no mask)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(b"\0none" if path is None else Path(path).read_bytes())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
 def write_image(path: str | Path, image: np.ndarray, jpeg_quality: int = 95) -> None:
     """Writes an RGB uint8 image; JPEG quality applies to .jpg files."""
     path = Path(path)
@@ -57,6 +93,8 @@ def read_label_mask(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"mask file not found: {path}")
     try:
         with Image.open(path) as img:
+            if img.width * img.height > DEFAULT_MAX_IMAGE_PIXELS * 4:
+                raise ValueError(f"mask {path} is {img.width}×{img.height}, far above any image's size")
             if img.mode not in ("P", "L", "I", "I;16"):
                 raise ValueError(f"mask {path} has image mode {img.mode}; expected a palette or grey PNG of class indices")
             mask = np.asarray(img)

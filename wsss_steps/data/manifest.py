@@ -1,13 +1,16 @@
 """The manifest every step after `prepare_data` reads: one validated record per image of a split.
 
 On disk: ``classes.txt`` (foreground class names, one a line; mask value = line number) and one
-``{split}.csv`` per split (``image_id, image, mask, labels, height, width``; a ``boxes`` column
-only where the dataset has boxes). The adapters (`wsss_steps.data.adapters`) write it.
+``{split}.csv`` per split (``image_id, image, mask, labels, height, width, digest``; a ``boxes``
+column only where the dataset has boxes). The adapters (`wsss_steps.data.adapters`) write it.
+``digest`` is the sha256 of the image file's and the mask file's bytes: `Manifest.content_digest`
+folds every record into the split's identity, so a model or map records which pixels it saw.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +18,8 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+
+from wsss_steps.data.images import file_content_digest
 
 _IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 MAX_LISTED_PROBLEMS = 20
@@ -56,6 +61,7 @@ class ImageRecord:
     height: int = 0
     width: int = 0
     boxes: tuple[Box, ...] = ()  # where the dataset has boxes (WSOL); several per image allowed
+    digest: str = ""  # sha256 of the image and mask files' bytes (`images.file_content_digest`)
 
 
 @dataclass
@@ -83,6 +89,15 @@ class Manifest:
 
     def label_vector(self, image_id: str) -> np.ndarray:
         return labels_to_vector(self.record(image_id).labels, self.num_classes)
+
+    def content_digest(self) -> str:
+        """The split's identity: class names and, per image in order, id, labels, boxes and file
+        contents. Records without a digest (a manifest from before digests) hash their files now."""
+        digest = hashlib.sha256("\t".join(self.class_names).encode())
+        for r in self.records:
+            content = r.digest or file_content_digest(r.image_path, r.mask_path)
+            digest.update(f"\n{r.image_id}\t{r.labels}\t{tuple(map(tuple, r.boxes))}\t{content}".encode())
+        return digest.hexdigest()
 
     def label_matrix(self) -> np.ndarray:
         return np.stack([labels_to_vector(r.labels, self.num_classes) for r in self.records])
@@ -113,10 +128,11 @@ def write_manifest(manifest: Manifest, directory: str | Path) -> Path:
     with_boxes = any(r.boxes for r in manifest.records)
     with tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["image_id", "image", "mask", "labels", "height", "width"] + (["boxes"] if with_boxes else []))
+        writer.writerow(["image_id", "image", "mask", "labels", "height", "width", "digest"]
+                        + (["boxes"] if with_boxes else []))
         for r in manifest.records:
             row = [r.image_id, str(r.image_path.resolve()), str(r.mask_path.resolve()) if r.mask_path else "",
-                   " ".join(manifest.class_names[i] for i in r.labels), r.height, r.width]
+                   " ".join(manifest.class_names[i] for i in r.labels), r.height, r.width, r.digest]
             if with_boxes:
                 row.append(";".join(f"{manifest.class_names[b.label]} {b.x_min} {b.y_min} {b.x_max} {b.y_max}"
                                     for b in r.boxes))
@@ -147,7 +163,7 @@ def read_manifest(csv_path: str | Path, dataset: str = "") -> Manifest:
             manifest.records.append(ImageRecord(
                 image_id, Path(row["image"]), Path(row["mask"]) if row["mask"] else None,
                 tuple(index[n] for n in row["labels"].split()), int(row["height"]), int(row["width"]),
-                _parse_boxes(row.get("boxes") or "", index, f"{csv_path} ({image_id})"),
+                _parse_boxes(row.get("boxes") or "", index, f"{csv_path} ({image_id})"), row.get("digest") or "",
             ))
     if not manifest.records:
         raise DatasetError(f"manifest {csv_path} lists no image")

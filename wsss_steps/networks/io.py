@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ import torch
 
 from wsss_steps.networks.backbones import build_backbone
 from wsss_steps.networks.classifier import CamClassifier
+from wsss_steps.store.digests import file_digest
 
 FORMAT = "wsss_classifier/2"  # 2: small_resnet with hybrid dilations
 
@@ -75,11 +77,28 @@ def read_model_file(path: str | Path, fmt: str, what: str) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} file not found: {path}")
-    content = torch.load(path, map_location="cpu", weights_only=True)
+    content = load_weights_file(path, what)
     if not isinstance(content, dict) or content.get("format") != fmt:
         found = content.get("format") if isinstance(content, dict) else type(content).__name__
         raise ValueError(f"{path} is not a {what} file of format {fmt} (found {found!r})")
     return content
+
+
+def load_weights_file(path: str | Path, what: str) -> Any:
+    """``torch.load(path, weights_only=True)``; a file that is not a plain weights file (a pickled
+    object, a truncated or foreign file) raises ValueError naming it, not torch's bare message."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{what} file {path} is not a weights-only torch file (it may hold pickled code, "
+                         f"which is never loaded, or be damaged): {first_line}") from error
+
+
+def model_identity(path: str | Path, meta: Mapping[str, Any]) -> str:
+    """What a model file stands for in the identity of what is computed from it: its training
+    identity (settings and input digests) where it records one, else the digest of its bytes."""
+    return str(meta.get("settings_hash") or file_digest(path))
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -11,6 +11,7 @@ File layout (plain h5py / h5ls / h5dump readable):
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -20,6 +21,8 @@ import h5py
 import numpy as np
 
 from wsss_steps import __version__
+
+log = logging.getLogger("wsss_steps.store.maps")
 
 COMPRESSION = "gzip"
 COMPRESSION_LEVEL = 4
@@ -46,6 +49,16 @@ def _file_attrs(stage: str, method: str, params: Mapping[str, Any], dataset: str
             "params": json.dumps(params, sort_keys=True)}
 
 
+def _param_difference(old: Any, new: str) -> str:
+    """'' or ': keys a, b' naming the top-level params that differ (the log says why a shard restarts)."""
+    try:
+        before, after = json.loads(old), json.loads(new)
+    except (TypeError, ValueError):
+        return ""
+    keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    return f": params {', '.join(keys)}" if keys else ""
+
+
 def _salvage_partial(path: Path, attrs: Mapping[str, str]) -> bool:
     """Rewrites a partial file killed mid-write with only its complete, readable images.
 
@@ -57,7 +70,11 @@ def _salvage_partial(path: Path, attrs: Mapping[str, str]) -> bool:
     fresh = path.with_name(path.name + ".salvage")
     try:
         with h5py.File(path, "r") as old:
-            if any(old.attrs.get(k) != v for k, v in attrs.items() if k != "code_version"):
+            differing = sorted(k for k, v in attrs.items() if old.attrs.get(k) != v)
+            if differing:
+                log.warning("%s was written by another computation (its %s differ%s): starting this shard "
+                            "over", path, ", ".join(differing), _param_difference(old.attrs.get("params"),
+                                                                             attrs["params"]))
                 return False
             with h5py.File(fresh, "w") as new:
                 for image_id in list(old):

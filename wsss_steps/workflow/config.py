@@ -1,9 +1,14 @@
 """Config checks that JSON-schema messages make hard to read, run by the Snakefile before any job.
 
 `unknown_keys` names each unknown or mistyped key with its path, the allowed keys, and the
-closest match; `check_references` checks that experiments name configured classifiers and seeds;
-`missing_weight_files` (on the validated config, defaults filled in) names every configured
-ImageNet weights file that does not exist, before a job starts rather than when its rule runs.
+closest match, and each float given where the schema wants an integer (JSON schema accepts 2.0 as
+an integer; the steps do not); `check_references` checks that experiments name configured
+classifiers and seeds, once each; `check_sweeps` that every threshold sweep runs forward;
+`duplicate_keys` reads a YAML config file and names every key given twice (YAML keeps the last);
+`check_dataset_roots` refuses a generated dataset's root that holds someone else's files (Snakemake
+would delete it before the generator runs); `missing_weight_files` (on the validated config,
+defaults filled in) names every configured ImageNet weights file that does not exist. All of them
+run before a job starts rather than when its rule runs.
 """
 
 from __future__ import annotations
@@ -12,6 +17,10 @@ import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import yaml
+
+from wsss_steps.data.generated import GeneratorError, check_output_folder
 
 
 class ConfigError(ValueError):
@@ -36,6 +45,10 @@ def unknown_keys(config: Any, schema: Mapping[str, Any], root: Mapping[str, Any]
     root = root if root is not None else schema
     schema = _resolve(schema, root)
     problems: list[str] = []
+    types = schema.get("type")
+    types = [types] if isinstance(types, str) else types or []
+    if isinstance(config, float) and "integer" in types and "number" not in types:
+        problems.append(f"config key {path!r} must be an integer, not {config!r}")
     if isinstance(config, Mapping) and schema.get("type") == "object":
         properties = schema.get("properties", {})
         extra = schema.get("additionalProperties", True)
@@ -66,12 +79,25 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     if FULL_SUPERVISION in config.get("seeds", {}):
         problems.append(f"seeds.{FULL_SUPERVISION}: the name {FULL_SUPERVISION!r} is reserved for the "
                         "fully supervised experiment (ground-truth masks); rename it")
+    for name, settings in (config.get("seeds") or {}).items():
+        method = (settings or {}).get("method")
+        if method == "advcam_sal" and not settings.get("saliency"):
+            problems.append(f"seeds.{name}: method advcam_sal needs saliency: <saliency map file> "
+                            "(else it would be plain AdvCAM under another name)")
+        if method != "advcam_sal" and (settings or {}).get("saliency"):
+            problems.append(f"seeds.{name}: saliency is read by method advcam_sal only, not {method}")
     for section in ("affinity", "random_walk"):
         for name in (config.get(section) or {}).get("per_seeds") or {}:
             if name not in config.get("seeds", {}):
                 problems.append(f"{section}.per_seeds.{name}: {name!r} is not a key of 'seeds' "
                                 f"(configured: {', '.join(config.get('seeds', {}))})")
+    seen: dict[tuple[Any, Any], int] = {}
     for index, experiment in enumerate(config.get("experiments", [])):
+        pair = (experiment.get("classifier"), experiment.get("seeds"))
+        if pair in seen:
+            problems.append(f"experiments[{index}]: classifier {pair[0]!r} with seeds {pair[1]!r} is listed "
+                            f"twice (also experiments[{seen[pair]}]); its results would be computed once")
+        seen.setdefault(pair, index)
         if experiment.get("seeds") == FULL_SUPERVISION and experiment.get("segmentation") is False:
             problems.append(f"experiments[{index}]: seeds {FULL_SUPERVISION!r} needs segmentation: true")
         for section, key in (("classifiers", "classifier"), ("seeds", "seeds")):
@@ -84,9 +110,69 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def check_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
-    """Raises ConfigError listing every unknown key and dangling reference."""
-    problems = unknown_keys(config, schema) + check_references(config)
+def check_sweeps(config: Mapping[str, Any]) -> list[str]:
+    """Every ``evaluation.<stage>.*thresholds`` sweep [start, stop, step] must have step > 0 and
+    start <= stop (the schema checks the count and the range 0..1)."""
+    problems = []
+    for stage, settings in (config.get("evaluation") or {}).items():
+        for key, sweep in (settings or {}).items() if isinstance(settings, Mapping) else ():
+            if not key.endswith("thresholds") or not isinstance(sweep, list) or len(sweep) != 3:
+                continue
+            start, stop, step = sweep
+            if not all(isinstance(v, (int, float)) for v in sweep):
+                continue
+            if step <= 0 or start > stop:
+                problems.append(f"evaluation.{stage}.{key} = {sweep}: a sweep is [start, stop, step] with "
+                                "step > 0 and start <= stop")
+    return problems
+
+
+def check_dataset_roots(config: Mapping[str, Any]) -> list[str]:
+    """A generated dataset's root must be absent, empty or a dataset the generator wrote: Snakemake
+    removes a rule's output folder before the job, so the generator's own check comes too late."""
+    dataset = config.get("dataset") or {}
+    if dataset.get("kind") != "generated" or not isinstance(dataset.get("root"), str):
+        return []
+    try:
+        check_output_folder(Path(dataset["root"]))
+    except GeneratorError as error:
+        return [f"dataset.root (kind: generated): {error}; with your own images use kind: custom"]
+    return []
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that records every mapping key given twice."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in keys:
+                self.duplicates.append(f"key {key!r} on line {line} repeats the one on line {keys[key]}")
+            keys.setdefault(key, line)
+        return super().construct_mapping(node, deep)
+
+
+def duplicate_keys(path: str | Path) -> list[str]:
+    """Messages for every key given twice in one mapping of the YAML file ``path``."""
+    with open(path) as handle:
+        loader = _StrictLoader(handle)
+        loader.duplicates = []
+        try:
+            loader.get_single_data()
+        finally:
+            loader.dispose()
+    return [f"{path}: {message} (YAML would silently keep the last)" for message in loader.duplicates]
+
+
+def check_config(config: Mapping[str, Any], schema: Mapping[str, Any],
+                 config_files: tuple[str | Path, ...] = ()) -> None:
+    """Raises ConfigError listing every duplicated key, unknown or mistyped key, dangling
+    reference, backward sweep and unsafe generated-dataset root."""
+    problems = [message for path in config_files for message in duplicate_keys(path)]
+    problems += unknown_keys(config, schema) + check_references(config) + check_sweeps(config)
+    problems += check_dataset_roots(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

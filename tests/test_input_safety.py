@@ -1,0 +1,119 @@
+"""Bad or hostile input stops before any job, by name, and never costs the user data (issue 14:
+cases 1 data loss, 4 shell injection, 6–7 silently wrong or late failures)."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.workflow_helpers import ENV, SNAKEMAKE, snakemake, tiny_config, write_config
+from wsss_steps.workflow.config import ConfigError, check_config, duplicate_keys
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def _refused(workdir: Path, *args: str) -> str:
+    """Runs snakemake expecting a refusal before any job; returns its output."""
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "1", *args], capture_output=True,
+                            text=True, timeout=300, env=ENV)
+    assert result.returncode != 0, result.stdout[-2000:]
+    assert not (workdir / "results").exists() and not (workdir / "logs").exists()
+    return result.stdout + result.stderr
+
+
+def test_generated_root_holding_the_users_files_is_refused_and_kept(tmp_path: Path) -> None:
+    photos = tmp_path / "my_photos"
+    photos.mkdir()
+    (photos / "holiday.jpg").write_bytes(b"not ours to delete")
+    config = tiny_config(dataset={**tiny_config()["dataset"], "root": str(photos)})
+    write_config(tmp_path, config)
+    output = _refused(tmp_path, "--until", "generate_dataset")
+    assert "dataset.root (kind: generated)" in output and "refusing to write into" in output
+    assert "kind: custom" in output
+    assert (photos / "holiday.jpg").read_bytes() == b"not ours to delete"
+
+
+def test_a_root_with_shell_syntax_or_spaces_is_a_path_not_a_command(tmp_path: Path) -> None:
+    root = "data/x $(touch PWNED); touch PWNED2"
+    config = tiny_config(dataset={**tiny_config()["dataset"], "root": root})
+    write_config(tmp_path, config)
+    snakemake(tmp_path, "--cores", "1", "--until", "prepare_data")
+    assert not (tmp_path / "PWNED").exists() and not (tmp_path / "PWNED2").exists()
+    assert (tmp_path / root / "dataset.json").is_file()
+    assert (tmp_path / "results" / "tiny" / "data" / "train.csv").is_file()
+
+
+def test_duplicated_yaml_key_is_named_with_its_lines(tmp_path: Path) -> None:
+    text = (ROOT / "config.yaml").read_text().replace("    epochs: 30\n", "    epochs: 30\n    epochs: 3\n", 1)
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    [message] = duplicate_keys(path)
+    line = text.splitlines().index("    epochs: 3") + 1
+    assert f"key 'epochs' on line {line} repeats the one on line {line - 1}" in message
+    assert str(path) in message
+    with pytest.raises(ConfigError, match="repeats the one"):
+        check_config(yaml.safe_load(text), SCHEMA, (path,))
+
+
+def test_duplicated_yaml_key_stops_the_workflow(tmp_path: Path) -> None:
+    path = write_config(tmp_path, tiny_config())
+    path.write_text(path.read_text().replace("shards: 2\n", "shards: 2\nshards: 3\n"))
+    assert "key 'shards'" in _refused(tmp_path, "-n")
+
+
+@pytest.mark.parametrize(("where", "value"), [(("classifiers", "cam", "epochs"), 2.0), (("shards",), 2.0)])
+def test_float_where_an_integer_belongs(where: tuple[str, ...], value: float) -> None:
+    config = copy.deepcopy(CONFIG)
+    node = config
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    with pytest.raises(ConfigError, match=rf"config key '{'.'.join(where)}' must be an integer, not 2.0"):
+        check_config(config, SCHEMA)
+
+
+def test_backward_threshold_sweep_is_refused() -> None:
+    config = copy.deepcopy(CONFIG)
+    config["evaluation"]["seeds"]["thresholds"] = [0.1, 0.5, 0]
+    with pytest.raises(ConfigError, match=r"evaluation.seeds.thresholds = \[0.1, 0.5, 0\]: a sweep"):
+        check_config(config, SCHEMA)
+    config["evaluation"]["seeds"]["thresholds"] = [0.6, 0.5, 0.05]
+    with pytest.raises(ConfigError, match="start <= stop"):
+        check_config(config, SCHEMA)
+
+
+def test_an_experiment_listed_twice_is_refused_and_the_summary_kept(tmp_path: Path) -> None:
+    config = tiny_config()
+    config["experiments"].append(dict(config["experiments"][0]))
+    write_config(tmp_path, config)
+    with pytest.raises(ConfigError, match=r"experiments\[2\]: classifier 'cam' with seeds 'cam' is listed twice"):
+        check_config(config, SCHEMA)
+    summary = tmp_path / "results" / "summary.csv"
+    output = _refused_keeping(tmp_path, summary)
+    assert "listed twice" in output
+
+
+def _refused_keeping(workdir: Path, kept: Path) -> str:
+    kept.parent.mkdir(parents=True)
+    kept.write_text("an earlier run's summary\n")
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(workdir), "--cores", "1"], capture_output=True,
+                            text=True, timeout=300, env=ENV)
+    assert result.returncode != 0
+    assert kept.read_text() == "an earlier run's summary\n"
+    return result.stdout + result.stderr
+
+
+def test_advcam_sal_without_a_saliency_map_is_refused() -> None:
+    config = copy.deepcopy(CONFIG)
+    config["seeds"]["sal"] = {"method": "advcam_sal"}
+    with pytest.raises(ConfigError, match="seeds.sal: method advcam_sal needs saliency"):
+        check_config(config, SCHEMA)
+    config["seeds"]["sal"] = {"method": "advcam", "saliency": "sal.h5"}
+    with pytest.raises(ConfigError, match="seeds.sal: saliency is read by method advcam_sal only, not advcam"):
+        check_config(config, SCHEMA)
