@@ -117,3 +117,12 @@ def test_advcam_sal_without_a_saliency_map_is_refused() -> None:
     config["seeds"]["sal"] = {"method": "advcam", "saliency": "sal.h5"}
     with pytest.raises(ConfigError, match="seeds.sal: saliency is read by method advcam_sal only, not advcam"):
         check_config(config, SCHEMA)
+
+
+def test_a_generated_root_written_by_the_workflow_is_accepted_again(tmp_path: Path) -> None:
+    """Snakemake marks a directory() output with .snakemake_timestamp: still the generator's own."""
+    write_config(tmp_path, tiny_config())
+    snakemake(tmp_path, "--cores", "1", "--until", "generate_dataset")
+    assert (tmp_path / "data" / "tiny" / ".snakemake_timestamp").exists()
+    dry_run = snakemake(tmp_path, "-n", "--until", "prepare_data")
+    assert "generate_dataset" not in dry_run.stdout.split("Job stats")[-1]

@@ -58,6 +58,7 @@ COOCCURRING_PAIR = ("chair", "table")
 _OUTPUT_ENTRIES = frozenset({
     "JPEGImages", "SegmentationClass", "ImageSets", "classes.txt", "labels.csv", "boxes.csv",
     "dataset.json",
+    ".snakemake_timestamp",  # Snakemake's mark on a directory() output (the workflow's generate rule)
 })
 
 
