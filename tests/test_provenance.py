@@ -16,6 +16,8 @@ import pytest
 import torch
 
 from tests.test_datasets import make_voc_layout
+from tests.test_train_classifier import CLASSES, SIZE
+from tests.test_train_classifier import _draw as draw_shapes
 from tests.workflow_helpers import (
     ENV,
     SNAKEMAKE,
@@ -35,24 +37,14 @@ from wsss_steps.store.digests import file_digest
 from wsss_steps.store.maps import MapReader, shard_path
 from wsss_steps.store.shards import write_map_shard
 
-CLASSES = ("square", "disc")
-SIZE = 48
-
 
 def _draw_split(root: Path, split: str, count: int, seed: int) -> None:
     """Red squares and blue discs on noise; ``seed`` changes every pixel, not the ids or labels."""
     rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:SIZE, :SIZE]
     ids, rows = [], []
     for i in range(count):
         classes = [[0], [1], [0, 1]][i % 3]
-        image = rng.integers(80, 180, size=(SIZE, SIZE, 3)).astype(np.uint8)
-        mask = np.zeros((SIZE, SIZE), np.uint8)
-        for c in classes:
-            cy, cx = rng.integers(10, SIZE - 10, size=2)
-            region = (abs(yy - cy) <= 8) & (abs(xx - cx) <= 8) if c == 0 else (yy - cy) ** 2 + (xx - cx) ** 2 <= 64
-            image[region] = (220, 30, 30) if c == 0 else (30, 40, 220)
-            mask[region] = c + 1
+        image, mask = draw_shapes(rng, classes)
         image_id = f"{split}_{i:03d}"
         write_image(root / "JPEGImages" / f"{image_id}.jpg", image)
         write_label_mask(root / "SegmentationClass" / f"{image_id}.png", mask)

@@ -147,19 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if class_names != manifest.class_names or model.num_classes != manifest.num_classes:
         raise SystemExit(f"seeds: classifier {args.classifier} was trained on classes {list(class_names)} "
                          f"({model.num_classes}), manifest {args.manifest} has {list(manifest.class_names)}")
-    # Identity of what the maps are computed from: a partial shard of another classifier or other
-    # images is started over, not continued (`store.maps.MapWriter`).
-    classifier_id = model_identity(args.classifier, meta)
-    images_id = manifest.content_digest()
-
     saliency: MapReader | None = None
     compute: Any
     if args.method == "cam":
         scales = _scales(args.scales) if args.scales is not None else CAM_SCALES
         flip = True if args.flip is None else args.flip
         compute = CamSeeds(model, device, scales, flip)
-        params: Mapping[str, Any] = {"scales": list(scales), "flip": flip, "classifier": classifier_id,
-                                        "images": images_id}
+        params: Mapping[str, Any] = {"scales": list(scales), "flip": flip}
     else:
         config = advcam_config(args)
         ids = shard_ids(manifest.ids, args.shard, args.num_shards)
@@ -168,7 +162,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             saliency.require(ids)
         records: list[ImageRecord] = [manifest.record(i) for i in ids]
         compute = AdvCamSeeds(model, records, config, device, saliency, reference=args.reference)
-        params = {**config.params(saliency=saliency is not None), "classifier": classifier_id, "images": images_id}
+        params = config.params(saliency=saliency is not None)
+    # Identity of what the maps are computed from: a partial shard of another classifier or other
+    # images is started over, not continued (`store.maps.MapWriter`).
+    params = {**params, "classifier": model_identity(args.classifier, meta), "images": manifest.content_digest()}
     try:
         computed = write_seed_shard(manifest, args.shard, args.num_shards, args.out, compute, args.method,
                                     params)

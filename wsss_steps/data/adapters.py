@@ -27,7 +27,7 @@ from wsss_steps.data.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     IGNORE_LABEL,
     check_image_bytes,
-    file_content_digest,
+    content_digest,
     read_label_mask,
 )
 from wsss_steps.data.manifest import (
@@ -128,7 +128,10 @@ class VocLayoutDataset:
         self._boxes: dict[str, tuple[Box, ...]] | None = None
 
     def split_ids(self, split: str) -> list[str]:
-        return _read_split_ids(self.root / "ImageSets" / "Segmentation" / f"{split}.txt")
+        return _read_split_ids(self._split_file(split))
+
+    def _split_file(self, split: str) -> Path:
+        return self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
 
     def image_path(self, image_id: str) -> Path:
         return self.root / "JPEGImages" / f"{image_id}.jpg"
@@ -173,7 +176,7 @@ class VocLayoutDataset:
 
     def source_files(self, split: str) -> list[Path]:
         """Every file the split's manifest is built from (what the workflow tracks for reruns)."""
-        files = [self.root / "classes.txt", self.labels_csv, self.root / "ImageSets" / "Segmentation" / f"{split}.txt"]
+        files = [self.root / "classes.txt", self.labels_csv, self._split_file(split)]
         if (self.root / "boxes.csv").is_file():
             files.append(self.root / "boxes.csv")
         return files + _image_and_mask_files(self, split)
@@ -317,9 +320,10 @@ def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
             height = width = 0
             digest = ""
             if decode:
-                height, width = check_image_bytes(image_path.read_bytes(), image_path, max_image_pixels)
+                image_bytes = image_path.read_bytes()
+                height, width = check_image_bytes(image_bytes, image_path, max_image_pixels)
                 if mask_path is not None:
-                    mask = read_label_mask(mask_path)
+                    mask = read_label_mask(mask_path, max_image_pixels)
                     if mask.shape != (height, width):
                         raise DatasetError(f"mask {mask_path} is {mask.shape}, its image is {(height, width)}")
                     bad = sorted(set(np.unique(mask).tolist()) - set(range(num_classes + 1)) - {IGNORE_LABEL})
@@ -327,7 +331,7 @@ def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
                         raise DatasetError(
                             f"mask {mask_path} has values {bad} outside 0..{num_classes} and {IGNORE_LABEL}"
                         )
-                digest = file_content_digest(image_path, mask_path)
+                digest = content_digest(image_bytes, mask_path.read_bytes() if mask_path else None)
             boxes = dataset.boxes(image_id)
             outside = [b for b in boxes if decode and (b.x_max >= width or b.y_max >= height)]
             if outside:

@@ -64,11 +64,12 @@ def check_image_bytes(data: bytes, path: str | Path, max_pixels: int = DEFAULT_M
     return height, width
 
 
-def file_content_digest(*paths: str | Path | None) -> str:
-    """sha256 over the bytes of the given files in order (None: an absent file, e.g. no mask)."""
+def content_digest(*contents: bytes | None) -> str:
+    """sha256 over file contents in order (None: an absent file, e.g. no mask): a manifest
+    record's identity, from the bytes `build_manifest` has already read."""
     digest = hashlib.sha256()
-    for path in paths:
-        digest.update(b"\0none" if path is None else Path(path).read_bytes())
+    for content in contents:
+        digest.update(b"\0none" if content is None else content)
         digest.update(b"\0")
     return digest.hexdigest()
 
@@ -82,7 +83,7 @@ def write_image(path: str | Path, image: np.ndarray, jpeg_quality: int = 95) -> 
         raise OSError(f"could not write image: {path}")
 
 
-def read_label_mask(path: str | Path) -> np.ndarray:
+def read_label_mask(path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> np.ndarray:
     """A label mask (H, W) uint8 of class indices (0 = background, 255 = void).
 
     Palette PNGs (VOC SegmentationClass) are read as indices, not colours; grey PNGs
@@ -93,8 +94,8 @@ def read_label_mask(path: str | Path) -> np.ndarray:
         raise FileNotFoundError(f"mask file not found: {path}")
     try:
         with Image.open(path) as img:
-            if img.width * img.height > DEFAULT_MAX_IMAGE_PIXELS * 4:
-                raise ValueError(f"mask {path} is {img.width}×{img.height}, far above any image's size")
+            if img.width * img.height > max_pixels:  # checked from the header, as for images
+                raise ValueError(f"mask {path} is {img.width}×{img.height}, above the limit of {max_pixels} pixels")
             if img.mode not in ("P", "L", "I", "I;16"):
                 raise ValueError(f"mask {path} has image mode {img.mode}; expected a palette or grey PNG of class indices")
             mask = np.asarray(img)

@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from wsss_steps.data.images import file_content_digest
+from wsss_steps.data.images import content_digest
 
 _IMAGE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 MAX_LISTED_PROBLEMS = 20
@@ -61,7 +61,7 @@ class ImageRecord:
     height: int = 0
     width: int = 0
     boxes: tuple[Box, ...] = ()  # where the dataset has boxes (WSOL); several per image allowed
-    digest: str = ""  # sha256 of the image and mask files' bytes (`images.file_content_digest`)
+    digest: str = ""  # sha256 of the image and mask files' bytes (`images.content_digest`)
 
 
 @dataclass
@@ -95,7 +95,8 @@ class Manifest:
         contents. Records without a digest (a manifest from before digests) hash their files now."""
         digest = hashlib.sha256("\t".join(self.class_names).encode())
         for r in self.records:
-            content = r.digest or file_content_digest(r.image_path, r.mask_path)
+            content = r.digest or content_digest(r.image_path.read_bytes(),
+                                                 r.mask_path.read_bytes() if r.mask_path else None)
             digest.update(f"\n{r.image_id}\t{r.labels}\t{tuple(map(tuple, r.boxes))}\t{content}".encode())
         return digest.hexdigest()
 

@@ -21,6 +21,7 @@ import h5py
 import numpy as np
 
 from wsss_steps import __version__
+from wsss_steps.store.digests import differing_keys
 
 log = logging.getLogger("wsss_steps.store.maps")
 
@@ -55,7 +56,7 @@ def _param_difference(old: Any, new: str) -> str:
         before, after = json.loads(old), json.loads(new)
     except (TypeError, ValueError):
         return ""
-    keys = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    keys = differing_keys(before, after)
     return f": params {', '.join(keys)}" if keys else ""
 
 

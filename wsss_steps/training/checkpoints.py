@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from wsss_steps.networks.io import atomic_torch_save
+from wsss_steps.store.digests import differing_keys
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ def load_checkpoint(path: Path, expected_hash: str, settings: dict[str, Any]) ->
         return None
     if checkpoint.get("settings_hash") != expected_hash:
         old = checkpoint.get("settings") or {}
-        changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
+        changed = differing_keys(old, settings)
         log.warning("checkpoint %s was written with other settings (differing: %s): starting fresh",
                     path, ", ".join(changed) or "unknown")
         return None
