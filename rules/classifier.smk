@@ -1,14 +1,14 @@
 rule train_classifier:
     input:
-        train=train_manifest,
-        val=val_manifest,
+        unpack(classifier_inputs),
     output:
         model="results/{dataset}/classifier/{classifier}/model.pt",
         metrics="results/{dataset}/classifier/{classifier}/metrics.csv",
         rows="results/{dataset}/classifier/{classifier}/summary_rows.csv",
     params:
         settings=classifier_settings,
-        options=lambda w: cli_options(classifier_settings(w), skip=("checkpoint_every",)),
+        options=lambda w: cli_options(classifier_settings(w), skip=("checkpoint_every", "ordinary")),
+        ordinary=ordinary_option,
         checkpoint_every=lambda w: classifier_settings(w)["checkpoint_every"],
         checkpoints="results/{dataset}/classifier/{classifier}/checkpoints",
         device=config["device"],
@@ -27,5 +27,5 @@ rule train_classifier:
         "python -m wsss_steps.train_classifier --manifest {input.train:q} --val-manifest {input.val:q} "
         "--out {output.model:q} --metrics {output.metrics:q} --summary {output.rows:q} "
         "--checkpoint-dir {params.checkpoints:q} --checkpoint-every {params.checkpoint_every} "
-        "--name {wildcards.classifier} --dataset {wildcards.dataset} {params.options} "
+        "--name {wildcards.classifier} --dataset {wildcards.dataset} {params.options} {params.ordinary} "
         "--device {params.device} --threads {threads} 2> {log:q}"

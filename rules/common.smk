@@ -178,6 +178,20 @@ def classifier_settings(wildcards):
     return config["classifiers"][wildcards.classifier]
 
 
+def classifier_inputs(wildcards):
+    """The training and validation manifests, and the ordinary classifier's model where the
+    variant reads one (OC-CSE, P-OC, P-NOC): another entry's artifact, trained once."""
+    inputs = {"train": train_manifest(wildcards), "val": val_manifest(wildcards)}
+    ordinary = classifier_settings(wildcards).get("ordinary")
+    if ordinary:
+        inputs["ordinary"] = f"results/{wildcards.dataset}/classifier/{ordinary}/model.pt"
+    return inputs
+
+
+def ordinary_option(wildcards, input):
+    return f"--ordinary {shlex.quote(input.ordinary)}" if "ordinary" in input.keys() else ""
+
+
 def seed_settings(wildcards):
     return config["seeds"][wildcards.seeds]
 

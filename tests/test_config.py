@@ -73,3 +73,28 @@ def test_per_seeds_settings_must_name_configured_seeds() -> None:
     with pytest.raises(ConfigError, match=r"unknown config key 'random_walk.per_seeds.advcam.seed_powr' "
                                            r"\(did you mean 'seed_power'\?\)"):
         check_config(config, SCHEMA)
+
+
+def _with_variant(variant: str, **settings: object) -> dict:
+    config = copy.deepcopy(CONFIG)
+    config["classifiers"]["variant_x"] = {**config["classifiers"]["cam"], "variant": variant, **settings}
+    return config
+
+
+def test_ordinary_classifier_is_named_where_read_and_never_circular() -> None:
+    check_config(_with_variant("p_noc", ordinary="cam"), SCHEMA)
+    with pytest.raises(ConfigError, match="classifiers.variant_x: variant oc_cse needs ordinary"):
+        check_config(_with_variant("oc_cse"), SCHEMA)
+    with pytest.raises(ConfigError, match="classifiers.variant_x.ordinary: read by oc_cse, p_noc, p_oc only"):
+        check_config(_with_variant("puzzle", ordinary="cam"), SCHEMA)
+    with pytest.raises(ConfigError, match="ordinary = 'vanilla' is not a key of 'classifiers'"):
+        check_config(_with_variant("p_oc", ordinary="vanilla"), SCHEMA)
+    config = _with_variant("p_oc", ordinary="cam")
+    config["classifiers"]["cam"].update(variant="oc_cse", ordinary="variant_x")
+    with pytest.raises(ConfigError, match="variant_x → cam → variant_x is a cycle"):
+        check_config(config, SCHEMA)
+
+
+def test_puzzle_crop_must_split_into_mergeable_tiles() -> None:
+    with pytest.raises(ConfigError, match=r"crop = 120: variant puzzle needs a crop divisible by 2 × output_stride = 16"):
+        check_config(_with_variant("puzzle", crop=120), SCHEMA)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from wsss_steps.data.adapters import DATASET_KINDS
-from wsss_steps.training.classification import CLASSIFIER_VARIANTS
+from wsss_steps.training.variants import CLASSIFIER_VARIANTS
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "wsss_steps"
@@ -68,6 +68,13 @@ def test_every_step_has_the_same_cli_shape(step: str) -> None:
         assert parser.get_default("threads") is None and parser.get_default("device") == "auto"
     if "--shard" in options:
         assert parser.get_default("shard") == 0 and parser.get_default("num_shards") == 1
+
+
+def test_config_checks_know_the_variants_needs() -> None:
+    from wsss_steps.workflow.config import ORDINARY_VARIANTS, PUZZLE_VARIANTS
+
+    assert ORDINARY_VARIANTS == {name for name, cls in CLASSIFIER_VARIANTS.items() if cls.needs_ordinary()}
+    assert PUZZLE_VARIANTS == {name for name, cls in CLASSIFIER_VARIANTS.items() if cls.puzzle}
 
 
 def test_schema_enums_are_the_registries() -> None:

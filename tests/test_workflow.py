@@ -8,6 +8,7 @@ from pathlib import Path
 import h5py
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from .workflow_helpers import ENV, ROOT, SNAKEMAKE, TINY, job_counts, snakemake, write_config
@@ -170,3 +171,28 @@ def test_per_seeds_settings_rerun_only_that_entry_from_its_stage(finished_run: P
         write_config(finished_run, TINY)
     assert "train_relation" not in jobs and "affinity_labels_shard" not in jobs
     assert jobs["random_walk_shard"] == 2 and jobs["pseudo_masks"] == 1 and jobs["train_segmentation"] == 1
+
+
+def test_variants_train_their_shared_ordinary_classifier_once(tmp_path: Path) -> None:
+    config = yaml.safe_load(yaml.safe_dump(TINY))
+    cam = config["classifiers"]["cam"]
+    config["classifiers"].update(p_noc={**cam, "variant": "p_noc", "ordinary": "cam"},
+                                 oc_cse={**cam, "variant": "oc_cse", "ordinary": "cam", "label_smoothing": 0.1})
+    config["experiments"] = [{"classifier": name, "seeds": "cam", "pseudo_masks": False, "segmentation": False}
+                             for name in ("cam", "p_noc", "oc_cse")]
+    write_config(tmp_path, config)
+    assert planned_jobs(tmp_path)["train_classifier"] == 3  # cam once, though two variants read it
+    snakemake(tmp_path, "--cores", "2")
+    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+    seeds = summary[(summary.stage == "seeds") & (summary.metric == "miou")]
+    assert set(seeds["classifier"]) == {"cam", "p_noc", "oc_cse"}
+    maps = summary[(summary.stage == "classifier") & (summary.metric == "map")].set_index("classifier")["method"]
+    assert maps.to_dict() == {"cam": "cam", "p_noc": "p_noc", "oc_cse": "oc_cse"}
+    models = tmp_path / "results" / "tiny" / "classifier"
+    ordinary = torch.load(models / "cam" / "model.pt", weights_only=True)["meta"]["settings_hash"]
+    for name in ("p_noc", "oc_cse"):
+        assert torch.load(models / name / "model.pt", weights_only=True)["meta"]["training"]["ordinary"] == ordinary
+    # A change to the ordinary classifier retrains the variants that read it.
+    config["classifiers"]["cam"]["epochs"] = 3
+    write_config(tmp_path, config)
+    assert planned_jobs(tmp_path)["train_classifier"] == 3

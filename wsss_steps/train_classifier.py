@@ -41,10 +41,9 @@ from wsss_steps.cli import (
 from wsss_steps.data.manifest import Manifest, read_manifest
 from wsss_steps.networks.backbones import BACKBONES, OUTPUT_STRIDES, build_backbone
 from wsss_steps.networks.classifier import CamClassifier
-from wsss_steps.networks.io import save_classifier
+from wsss_steps.networks.io import load_classifier, model_identity, save_classifier
 from wsss_steps.training.augment import TrainAugmentation
 from wsss_steps.training.classification import (
-    CLASSIFIER_VARIANTS,
     ClassificationDataset,
     evaluate_classifier,
     format_metric,
@@ -57,11 +56,18 @@ from wsss_steps.training.loop import (
     write_csv,
 )
 from wsss_steps.training.schedules import POLY_POWER
+from wsss_steps.training.variants import CLASSIFIER_VARIANTS, VariantSettings
 
 log = logging.getLogger(__name__)
 
 MOMENTUM = 0.9
 METRIC_COLUMNS = ("epoch", "step", "lr", "train_loss", "val_loss", "val_map", "seconds")
+# The variants' loss terms and weights, averaged per epoch (columns only for the variant's own terms).
+VARIANT_COLUMNS = {
+    "puzzle": ("class_loss", "puzzle_class_loss", "reconstruction_loss", "alpha"),
+    "cse": ("class_loss", "erased_loss", "cse_lambda"),
+    "noc": ("noc_loss", "noc_lambda", "erased_fraction"),
+}
 SUMMARY_COLUMNS = ("dataset", "stage", "method", "classifier", "split", "metric", "value")
 
 
@@ -87,6 +93,31 @@ def build_parser() -> argparse.ArgumentParser:
     net.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
                      help="keep BatchNorm statistics fixed while training, as IRN's FixedBatchNorm "
                      "(default: yes when pretrained)")
+    net.add_argument("--ordinary", type=Path,
+                     help="the ordinary classifier (.pt) of oc_cse and p_oc (frozen) and p_noc (trained "
+                     "adversarially from it); its classes must be the manifest's")
+    defaults = VariantSettings()
+    variant = parser.add_argument_group("variant settings (METHODS §3; each variant reads its own)")
+    variant.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
+                         help="ε of every classification target: y(1 − ε) + ε/2 (+LS: 0.1; default: %(default)s)")
+    variant.add_argument("--puzzle-alpha", type=float, default=defaults.puzzle_alpha,
+                         help="Puzzle-CAM's α at the end of its ramp from 0 (default: %(default)s)")
+    variant.add_argument("--puzzle-ramp", type=float, default=defaults.puzzle_ramp,
+                         help="fraction of training over which α rises (default: %(default)s)")
+    variant.add_argument("--cse-lambda", type=float, nargs=2, metavar=("FROM", "TO"),
+                         default=defaults.cse_lambda, help="λ_cse, linear over training (default: 0.3 1.0)")
+    variant.add_argument("--cse-mask-norm", choices=("batch", "image"), default=defaults.cse_mask_norm,
+                         help="ψ(A_r) divided by the batch's maximum (OC-CSE's code) or each image's "
+                         "(default: %(default)s)")
+    variant.add_argument("--noc-every", type=int, default=defaults.noc_every,
+                         help="k_noc: noc trains after every k-th step of f (default: %(default)s)")
+    variant.add_argument("--noc-delta", type=float, default=defaults.noc_delta,
+                         help="δ_noc of the hard mask (default: %(default)s)")
+    variant.add_argument("--noc-lambda", type=float, nargs=2, metavar=("FROM", "TO"),
+                         default=defaults.noc_lambda, help="λ_noc, linear over training (default: 0.0 1.0)")
+    variant.add_argument("--noc-mask", choices=("reference_code", "methods_formula"), default=defaults.noc_mask,
+                         help="erase ψ > δ (P-NOC's code) or ψ ≥ 1 − δ (METHODS §3 as written) "
+                         "(default: %(default)s)")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=5, help="(default: %(default)s)")
     train.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
@@ -125,11 +156,31 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
         problems.append("--summary needs --val-manifest")
     if args.seed < 0:
         problems.append(f"--seed must be ≥ 0, not {args.seed}")
+    variant = CLASSIFIER_VARIANTS[args.variant]
+    if variant.needs_ordinary() and args.ordinary is None:
+        problems.append(f"--variant {args.variant} needs --ordinary (the ordinary classifier's model file)")
+    if not variant.needs_ordinary() and args.ordinary is not None:
+        problems.append(f"--ordinary is read by oc_cse, p_oc and p_noc only, not by {args.variant}")
+    if variant.puzzle and args.crop % (2 * args.output_stride):
+        problems.append(f"--variant {args.variant}: --crop {args.crop} must be divisible by 2 × the output "
+                        f"stride ({2 * args.output_stride}) so that the 2×2 tiles' CAMs merge into the image's")
+    if not 0 <= args.label_smoothing < 1:
+        problems.append(f"--label-smoothing must be in [0, 1), not {args.label_smoothing}")
+    if args.noc_every < 1:
+        problems.append(f"--noc-every must be ≥ 1, not {args.noc_every}")
     if problems:
         raise SystemExit("train_classifier: " + "; ".join(problems))
 
 
-def training_settings(args: argparse.Namespace, manifest: Manifest) -> dict[str, Any]:
+def variant_settings(args: argparse.Namespace) -> VariantSettings:
+    return VariantSettings(
+        label_smoothing=args.label_smoothing, puzzle_alpha=args.puzzle_alpha, puzzle_ramp=args.puzzle_ramp,
+        cse_lambda=tuple(args.cse_lambda), cse_mask_norm=args.cse_mask_norm, noc_every=args.noc_every,
+        noc_delta=args.noc_delta, noc_lambda=tuple(args.noc_lambda), noc_mask=args.noc_mask)
+
+
+def training_settings(args: argparse.Namespace, manifest: Manifest, ordinary_identity: str | None = None
+                      ) -> dict[str, Any]:
     """Everything that shapes the trained weights (not paths of outputs, device or threads)."""
     weights = None
     if args.pretrained and args.backbone_weights:
@@ -143,6 +194,8 @@ def training_settings(args: argparse.Namespace, manifest: Manifest) -> dict[str,
         "momentum": MOMENTUM, "poly_power": POLY_POWER, "resize_long": list(args.resize_long),
         "crop": args.crop, "seed": args.seed, "class_names": list(manifest.class_names),
         "train_images": len(manifest.records), "train_digest": manifest.content_digest(),
+        "variant_settings": CLASSIFIER_VARIANTS[args.variant].settings_used(variant_settings(args)),
+        "ordinary": ordinary_identity,
     }
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -154,7 +207,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     val_manifest = read_manifest(args.val_manifest, args.dataset) if args.val_manifest else None
     if val_manifest is not None and val_manifest.class_names != train_manifest.class_names:
         raise SystemExit(f"train_classifier: the class lists of {args.manifest} and {args.val_manifest} differ")
-    settings = training_settings(args, train_manifest)
+    ordinary = ordinary_meta = None
+    if args.ordinary is not None:
+        ordinary, ordinary_meta = load_classifier(args.ordinary, device)
+        if ordinary_meta.get("class_names") not in (None, list(train_manifest.class_names)):
+            raise SystemExit(f"train_classifier: the ordinary classifier {args.ordinary} was trained on the "
+                             f"classes {ordinary_meta.get('class_names')}, not {list(train_manifest.class_names)}")
+    settings = training_settings(args, train_manifest,
+                                 model_identity(args.ordinary, ordinary_meta) if ordinary_meta else None)
 
     torch.manual_seed(args.seed)
     backbone = build_backbone(args.backbone, args.backbone_weights, args.output_stride, args.pretrained)
@@ -164,7 +224,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     optimizer = torch.optim.SGD(
         [{"params": backbone_params, "lr": base_lrs[0]}, {"params": head_params, "lr": base_lrs[1]}],
         lr=args.lr, momentum=MOMENTUM, weight_decay=args.weight_decay)
-    variant = CLASSIFIER_VARIANTS[args.variant](settings)
+    variant_class = CLASSIFIER_VARIANTS[args.variant]
+
+    def ordinary_train_mode(network: torch.nn.Module) -> None:
+        network.train()
+        if args.freeze_bn:
+            set_bn_frozen(network)
+
+    ordinary_optimizer = None
+    if variant_class.noc:
+        assert ordinary is not None
+        noc_backbone, noc_head = ordinary.parameter_groups()
+        ordinary_optimizer = torch.optim.SGD(
+            [{"params": noc_backbone, "lr": base_lrs[0]}, {"params": noc_head, "lr": base_lrs[1]}],
+            lr=args.lr, momentum=MOMENTUM, weight_decay=args.weight_decay)
+    variant = variant_class(variant_settings(args), args.seed, ordinary, ordinary_optimizer, tuple(base_lrs),
+                            ordinary_train_mode)
     augmentation = TrainAugmentation(tuple(args.resize_long), args.crop, flip=True)
     train_set = ClassificationDataset(train_manifest, augmentation, args.seed)
     val_set = ClassificationDataset(val_manifest) if val_manifest is not None else None
@@ -192,8 +267,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "result": result}
 
     trainee = Trainee(model, optimizer, base_lrs, train_set, step, train_mode=train_mode,
-                      validate=validate if val_set is not None else None)
-    plan = loop_settings(args, "train_classifier", device, settings, METRIC_COLUMNS, loss_column="train_loss")
+                      validate=validate if val_set is not None else None, extra_state=variant.extra_state(),
+                      after_step=lambda global_step: variant.after_step(global_step, total_steps))
+    columns = list(METRIC_COLUMNS[:-1])
+    for flag, names in VARIANT_COLUMNS.items():
+        if getattr(variant_class, flag):
+            columns += [name for name in names if name not in columns]
+    plan = loop_settings(args, "train_classifier", device, settings, (*columns, "seconds"),
+                         loss_column="train_loss")
     outcome = train(trainee, plan)
     if not outcome.finished:
         return 0

@@ -1,11 +1,6 @@
-"""Classifier training (METHODS §1 and its variants): images with label vectors, the variants
-registry, validation (loss, mAP, per-class AP).
-
-Variants register by name (`register_variant`); ``classifiers.<name>.variant`` in the config and
-``train_classifier --variant`` read `CLASSIFIER_VARIANTS`. Every variant ends as the same
-`CamClassifier` (GAP over 1×1-conv CAMs), so every seed method and everything downstream reads
-any of them. A variant supplies its loss (and, when it needs one, a second network as extra
-checkpointed state), never a loop: the loop is `wsss_steps.training.loop.train`.
+"""Classifier training data and validation (METHODS §1): images with label vectors, logits of
+whole images, validation loss, mAP and per-class AP. The variants' losses are
+`wsss_steps.training.variants`.
 """
 
 from __future__ import annotations
@@ -24,43 +19,6 @@ from wsss_steps.evaluation.metrics import average_precision_per_class, mean_aver
 from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.inputs import normalize_image
 from wsss_steps.training.augment import TrainAugmentation, sample_rng
-
-
-class ClassifierVariant:
-    """The loss of a classifier variant. ``loss(model, images, labels, step, total_steps)`` returns
-    the loss and named float parts (averaged into the epoch's metrics row)."""
-
-    name = ""
-
-    def __init__(self, settings: dict[str, Any] | None = None):
-        self.settings = dict(settings or {})
-
-    def loss(self, model: CamClassifier, images: torch.Tensor, labels: torch.Tensor, step: int,
-             total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
-        raise NotImplementedError
-
-
-# The schema's enum of classifiers.<name>.variant equals these names (tests/test_config.py): the
-# Snakefile validates the config without importing torch.
-CLASSIFIER_VARIANTS: dict[str, type[ClassifierVariant]] = {}
-
-
-def register_variant(cls: type[ClassifierVariant]) -> type[ClassifierVariant]:
-    if not cls.name or cls.name in CLASSIFIER_VARIANTS:
-        raise ValueError(f"classifier variant name {cls.name!r} is empty or registered twice")
-    CLASSIFIER_VARIANTS[cls.name] = cls
-    return cls
-
-
-@register_variant
-class CamVariant(ClassifierVariant):
-    """``cam``: multi-label soft-margin loss on the GAP logits (METHODS §1)."""
-
-    name = "cam"
-
-    def loss(self, model: CamClassifier, images: torch.Tensor, labels: torch.Tensor, step: int,
-             total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
-        return F.multilabel_soft_margin_loss(model(images), labels), {}
 
 
 class ClassificationDataset(Dataset):

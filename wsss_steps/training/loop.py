@@ -3,7 +3,8 @@ segmentation network, and the networks to come).
 
 A step builds its network, optimiser and dataset and hands them over as a `Trainee` with its
 hooks: ``step`` (a batch → loss and named parts), ``train_mode``, ``validate`` (after each
-epoch), ``extra_state`` (a second network and its optimiser, checkpointed with the first). The
+epoch), ``extra_state`` (a second network and its optimiser, checkpointed with the first),
+``after_step`` (after each optimiser step: the second network's own step, more parts). The
 loop owns what every training shares:
 
 - seeding: the epoch's sample order and augmentation come from (seed, epoch, index), never from
@@ -58,6 +59,7 @@ class Trainee:
     train_mode: Callable[[], None] | None = None  # default: model.train()
     validate: Callable[[int], dict[str, Any]] | None = None  # after epoch e: entries of its metrics row
     extra_state: Mapping[str, Any] = field(default_factory=dict)  # objects with (load_)state_dict
+    after_step: Callable[[int], Mapping[str, float]] | None = None  # (global step) after the optimiser step
     lr_schedule: Callable[[int, int], float] = poly_lr_factor
 
 
@@ -168,6 +170,7 @@ def train(trainee: Trainee, plan: LoopSettings) -> TrainingResult:
         else:
             trainee.train_mode()
         sums: dict[str, float] = {}
+        counts: dict[str, int] = {}  # a part may be reported on some steps only
         batches = 0
         progress = tqdm(loader, total=steps_per_epoch(num_items, plan.batch_size),
                         desc=f"{plan.name} epoch {epoch + 1}/{plan.epochs}", unit="batch", leave=False,
@@ -180,16 +183,19 @@ def train(trainee: Trainee, plan: LoopSettings) -> TrainingResult:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if trainee.after_step is not None:
+                parts = {**parts, **trainee.after_step(step)}
             step += 1
             batches += 1
             for key, value in {plan.loss_column: loss.item(), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
+                counts[key] = counts.get(key, 0) + 1
             progress.set_postfix(loss=f"{loss.item():.4f}")
         progress.close()
         if not math.isfinite(sums.get(plan.loss_column, 0.0)):
             raise RuntimeError(f"{plan.name}: loss is not finite in epoch {epoch + 1}; lower the learning rate")
         row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": f"{optimizer.param_groups[0]['lr']:.6g}"}
-        row.update({k: f"{v / max(batches, 1):.6g}" for k, v in sums.items()})
+        row.update({k: f"{v / counts[k]:.6g}" for k, v in sums.items()})
         if trainee.validate is not None:
             validation = trainee.validate(epoch)
             row.update({k: v for k, v in validation.items() if k in plan.metric_columns})

@@ -110,6 +110,44 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+# Classifier variants by what they need (equal to the registry's flags: tests/test_structure.py);
+# the Snakefile checks the config without importing torch.
+ORDINARY_VARIANTS = frozenset({"oc_cse", "p_oc", "p_noc"})
+PUZZLE_VARIANTS = frozenset({"puzzle", "p_oc", "p_noc"})
+
+
+def check_classifiers(config: Mapping[str, Any]) -> list[str]:
+    """``ordinary`` is given exactly for the variants that read it, names another classifiers
+    entry and never leads back to itself; puzzle variants get a crop their 2×2 tiles divide."""
+    classifiers = config.get("classifiers") or {}
+    problems = []
+    for name, settings in classifiers.items():
+        settings = settings or {}
+        variant, ordinary = settings.get("variant"), settings.get("ordinary")
+        if variant in ORDINARY_VARIANTS and ordinary is None:
+            problems.append(f"classifiers.{name}: variant {variant} needs ordinary: <classifiers entry> "
+                            "(its ordinary classifier, e.g. a variant: cam entry)")
+        elif variant not in ORDINARY_VARIANTS and ordinary is not None:
+            problems.append(f"classifiers.{name}.ordinary: read by {', '.join(sorted(ORDINARY_VARIANTS))} "
+                            f"only, not by {variant}")
+        elif ordinary is not None and ordinary not in classifiers:
+            problems.append(f"classifiers.{name}.ordinary = {ordinary!r} is not a key of 'classifiers' "
+                            f"(configured: {', '.join(classifiers)})")
+        else:
+            chain, current = [name], ordinary
+            while current is not None and current in classifiers and current not in chain:
+                chain.append(current)
+                current = (classifiers[current] or {}).get("ordinary")
+            if current is not None and current in chain:
+                problems.append(f"classifiers.{name}.ordinary: the chain {' → '.join([*chain, current])} "
+                                "is a cycle")
+        stride, crop = settings.get("output_stride", 16), settings.get("crop", 512)
+        if variant in PUZZLE_VARIANTS and isinstance(crop, int) and isinstance(stride, int) and crop % (2 * stride):
+            problems.append(f"classifiers.{name}.crop = {crop}: variant {variant} needs a crop divisible by "
+                            f"2 × output_stride = {2 * stride} (its 2×2 tiles' CAMs merge into the image's)")
+    return problems
+
+
 def check_sweeps(config: Mapping[str, Any]) -> list[str]:
     """Every ``evaluation.<stage>.*thresholds`` sweep [start, stop, step] must have step > 0 and
     start <= stop (the schema checks the count and the range 0..1)."""
@@ -171,7 +209,8 @@ def check_config(config: Mapping[str, Any], schema: Mapping[str, Any],
     """Raises ConfigError listing every duplicated key, unknown or mistyped key, dangling
     reference, backward sweep and unsafe generated-dataset root."""
     problems = [message for path in config_files for message in duplicate_keys(path)]
-    problems += unknown_keys(config, schema) + check_references(config) + check_sweeps(config)
+    problems += unknown_keys(config, schema) + check_references(config) + check_classifiers(config)
+    problems += check_sweeps(config)
     problems += check_dataset_roots(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
