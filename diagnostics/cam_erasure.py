@@ -10,7 +10,9 @@ image's mean colour).
 (ψ > ``--hard-threshold``) filled with the image's mean colour, and a manifest of them
 (``DIR/{split}.csv``): a classifier trained on those (``python -m wsss_steps.train_classifier
 --manifest DIR/train.csv --val-manifest DIR/val.csv ...``) shows how much class evidence the rest
-of the images holds, which is what OC-CSE's and P-NOC's erasure losses can use.
+of the images holds, which is what OC-CSE's and P-NOC's erasure losses can use. ``--judge`` measures
+another classifier's probabilities on the images erased with ``--classifier``'s CAMs (a variant's
+CAMs judged by its ordinary classifier, as OC-CSE's loss judges them).
 
 If erasing the CAM leaves the class recognisable, the rest of the object still carries evidence
 and methods that grow the map from class evidence (AdvCAM's climb, OC-CSE's erasure loss) have
@@ -48,9 +50,10 @@ from wsss_steps.networks.io import load_classifier  # noqa: E402
 
 
 def erasure_probabilities(classifier: Path, manifest_path: Path, hard_threshold: float,
-                          erased_out: Path | None = None) -> dict[str, float]:
+                          erased_out: Path | None = None, judge_path: Path | None = None) -> dict[str, float]:
     model, _ = load_classifier(classifier)
     model.eval()
+    judge = load_classifier(judge_path)[0].eval() if judge_path is not None else model
     manifest = read_manifest(manifest_path)
     erased_records = []
     rows = []
@@ -63,7 +66,7 @@ def erasure_probabilities(classifier: Path, manifest_path: Path, hard_threshold:
             psi = max_normalize(cams[list(record.labels)])
             for label, psi_label in zip(record.labels, psi, strict=True):
                 batch = torch.cat([image, image * (1 - psi_label), image * (psi_label <= hard_threshold)])
-                rows.append(torch.sigmoid(model(batch))[:, label].numpy())
+                rows.append(torch.sigmoid(judge(batch))[:, label].numpy())
             if erased_out is not None:
                 erased = pixels.copy()
                 erased[(psi > hard_threshold).any(dim=0).numpy()] = pixels.reshape(-1, 3).mean(axis=0)
@@ -89,11 +92,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hard-threshold", type=float, default=0.2,
                         help="ψ above it is erased in the hard variant (default: %(default)s)")
     parser.add_argument("--erased-out", type=Path,
-                        help="also write the images with their CAM regions erased, and their manifest, here")
+                        help="also write the images with their CAM regions erased (--classifier's CAMs, "
+                        "whatever the judge), and their manifest, here")
+    parser.add_argument("--judge", type=Path,
+                        help="the classifier whose probabilities are measured (default: --classifier): "
+                        "e.g. OC-CSE's ordinary classifier, judging the variant's CAMs as its loss does")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    result = erasure_probabilities(args.classifier, args.manifest, args.hard_threshold, args.erased_out)
+    result = erasure_probabilities(args.classifier, args.manifest, args.hard_threshold, args.erased_out,
+                                   args.judge)
     print(json.dumps({**result, "hard_threshold": args.hard_threshold}))
     return 0
 

@@ -107,11 +107,11 @@ def seed_split(wildcards):
 
 
 def masks_required(wildcards):
-    """Splits that are evaluated need every ground-truth mask, checked before any training: the
-    seed split always, the val split when a segmentation network is evaluated on it."""
-    if wildcards.split == seed_split(wildcards):
-        return True
-    return wildcards.split == val_split(wildcards) and bool(SEGMENTATION_EXPERIMENTS)
+    """The seed split is evaluated: prepare_data checks every image there has its ground-truth
+    mask. The val split's masks are checked when the workflow starts, only where a segmentation
+    network is evaluated on them (`check_val_masks`): a params flag would rebuild the val manifest,
+    and retrain everything, whenever experiments with and without segmentation are swapped."""
+    return wildcards.split == seed_split(wildcards)
 
 
 def manifest(wildcards, split):
@@ -209,6 +209,27 @@ def has_segmentation(experiment):
 
 
 SEGMENTATION_EXPERIMENTS = [e for e in EXPERIMENTS if has_segmentation(e)]
+
+
+def check_val_masks():
+    """Before any job: a segmentation network is evaluated on the val split, so every val image
+    of a user's dataset needs its mask (generated datasets always have them)."""
+    if not SEGMENTATION_EXPERIMENTS:
+        return
+    for name, settings in DATASETS.items():
+        if name in GENERATED_DATASETS:
+            continue
+        dataset = open_dataset(settings)
+        split = settings["val_split"]
+        missing = [i for i in dataset.split_ids(split) if dataset.mask_path(i) is None]
+        if missing:
+            raise ConfigError(
+                f"dataset {name}: {len(missing)} image(s) of split {split!r} have no ground-truth mask "
+                f"(e.g. {', '.join(repr(i) for i in missing[:5])}); the segmentation experiments are "
+                "evaluated on that split (give every val image its mask, or set segmentation: false)")
+
+
+check_val_masks()
 
 
 def experiment_stages(experiment):

@@ -208,7 +208,8 @@ def test_user_dataset_edits_rerun_prepare_data(tmp_path: Path) -> None:
 
 
 def test_val_split_needs_every_mask_when_segmentation_is_evaluated(tmp_path: Path) -> None:
-    """Case 7: a val image without a mask stops prepare_data, before any training."""
+    """Case 7: a val image without a mask stops the workflow before any job; without a
+    segmentation experiment the val split needs no masks and the run goes on."""
     root = make_voc_layout(tmp_path / "mine", {"a1": "cat", "a2": "dog cat", "a3": "dog"})
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a1\na2\n")
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("a3\n")
@@ -217,9 +218,13 @@ def test_val_split_needs_every_mask_when_segmentation_is_evaluated(tmp_path: Pat
     result = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "--cores", "1"], capture_output=True,
                             text=True, timeout=600, env=ENV)
     assert result.returncode != 0
-    log = (tmp_path / "logs" / "mine" / "prepare_data_val.log").read_text()
-    assert "image 'a3': no ground-truth mask for split 'val'" in log
-    assert not (tmp_path / "results" / "mine" / "classifier").exists()
+    assert "dataset mine: 1 image(s) of split 'val' have no ground-truth mask (e.g. 'a3')" in result.stderr
+    assert not (tmp_path / "results").exists()
+    config = tiny_config(dataset={"name": "mine", "kind": "custom", "root": str(root)},
+                         experiments=[{"classifier": "cam", "seeds": "cam", "pseudo_masks": False}])
+    write_config(tmp_path, config)
+    snakemake(tmp_path, "--cores", "1", "--until", "prepare_data")
+    assert (tmp_path / "results" / "mine" / "data" / "val.csv").is_file()
 
 
 def test_damaged_or_oversized_images_and_repeated_label_rows_are_named(tmp_path: Path) -> None:

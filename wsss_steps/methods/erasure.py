@@ -39,12 +39,14 @@ def choose_positive_class(labels: torch.Tensor, generator: torch.Generator) -> t
     return one_hot.to(labels.device)
 
 
-def chosen_class_map(cams: torch.Tensor, chosen: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """ReLU of the chosen class's CAM (``chosen`` one-hot (B, C)), bilinearly resized to ``size``:
-    (B, 1, H, W)."""
+def chosen_class_map(cams: torch.Tensor, chosen: torch.Tensor, size: tuple[int, int],
+                     relu_first: bool = False) -> torch.Tensor:
+    """The chosen class's CAM (``chosen`` one-hot (B, C)) bilinearly resized to ``size`` and
+    ReLU'd, (B, 1, H, W); ``relu_first``: ReLU, then resize (P-NOC's hard mask; OC-CSE resizes first)."""
     selected = (cams * chosen[:, :, None, None]).sum(dim=1, keepdim=True)
-    resized = F.interpolate(selected, size=size, mode="bilinear", align_corners=False)
-    return F.relu(resized)
+    if relu_first:
+        return F.interpolate(F.relu(selected), size=size, mode="bilinear", align_corners=False)
+    return F.relu(F.interpolate(selected, size=size, mode="bilinear", align_corners=False))
 
 
 def soft_erasure_map(cams: torch.Tensor, chosen: torch.Tensor, size: tuple[int, int],
@@ -68,7 +70,7 @@ def hard_erasure_mask(cams: torch.Tensor, chosen: torch.Tensor, size: tuple[int,
     ``reference_code``: ψ > δ (P-NOC's code: everything above δ_noc = 0.2 is erased);
     ``methods_formula``: the complement of 1[1 − ψ > δ] as METHODS §3 writes it (only ψ ≥ 1 − δ)."""
     with torch.no_grad():
-        resized = chosen_class_map(cams, chosen, size)
+        resized = chosen_class_map(cams, chosen, size, relu_first=True)
         normalised = resized / (F.adaptive_max_pool2d(resized, 1) + 1e-5)
         if rule == "reference_code":
             return (normalised > delta).float()
