@@ -219,27 +219,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     backbone = build_backbone(args.backbone, args.backbone_weights, args.output_stride, args.pretrained)
     model = CamClassifier(backbone, train_manifest.num_classes).to(device)
-    backbone_params, head_params = model.parameter_groups()
     base_lrs = [args.lr, args.lr * args.head_lr_mult]
-    optimizer = torch.optim.SGD(
-        [{"params": backbone_params, "lr": base_lrs[0]}, {"params": head_params, "lr": base_lrs[1]}],
-        lr=args.lr, momentum=MOMENTUM, weight_decay=args.weight_decay)
-    variant_class = CLASSIFIER_VARIANTS[args.variant]
 
-    def ordinary_train_mode(network: torch.nn.Module) -> None:
+    def sgd(network: CamClassifier) -> torch.optim.SGD:
+        """The recipe's optimiser of a classifier (f, and P-NOC's noc with the same recipe)."""
+        backbone_params, head_params = network.parameter_groups()
+        return torch.optim.SGD(
+            [{"params": backbone_params, "lr": base_lrs[0]}, {"params": head_params, "lr": base_lrs[1]}],
+            lr=args.lr, momentum=MOMENTUM, weight_decay=args.weight_decay)
+
+    def train_mode_of(network: torch.nn.Module) -> None:
         network.train()
         if args.freeze_bn:
             set_bn_frozen(network)
 
-    ordinary_optimizer = None
-    if variant_class.noc:
-        assert ordinary is not None
-        noc_backbone, noc_head = ordinary.parameter_groups()
-        ordinary_optimizer = torch.optim.SGD(
-            [{"params": noc_backbone, "lr": base_lrs[0]}, {"params": noc_head, "lr": base_lrs[1]}],
-            lr=args.lr, momentum=MOMENTUM, weight_decay=args.weight_decay)
+    optimizer = sgd(model)
+    variant_class = CLASSIFIER_VARIANTS[args.variant]
+    ordinary_optimizer = sgd(ordinary) if variant_class.noc and ordinary is not None else None
     variant = variant_class(variant_settings(args), args.seed, ordinary, ordinary_optimizer, tuple(base_lrs),
-                            ordinary_train_mode)
+                            train_mode_of)
     augmentation = TrainAugmentation(tuple(args.resize_long), args.crop, flip=True)
     train_set = ClassificationDataset(train_manifest, augmentation, args.seed)
     val_set = ClassificationDataset(val_manifest) if val_manifest is not None else None
@@ -248,11 +246,6 @@ def main(argv: Sequence[str] | None = None) -> int:
              "%d steps, device %s", args.variant, args.backbone, args.output_stride,
              "ImageNet init" if args.pretrained else "random init", len(train_set), dataset_name,
              train_manifest.num_classes, args.epochs, total_steps // args.epochs, device)
-
-    def train_mode() -> None:
-        model.train()
-        if args.freeze_bn:
-            set_bn_frozen(model)
 
     def step(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], global_step: int
              ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -266,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"val_loss": format_metric(result["loss"]), "val_map": format_metric(result["map"]),
                 "result": result}
 
-    trainee = Trainee(model, optimizer, base_lrs, train_set, step, train_mode=train_mode,
+    trainee = Trainee(model, optimizer, base_lrs, train_set, step, train_mode=lambda: train_mode_of(model),
                       validate=validate if val_set is not None else None, extra_state=variant.extra_state(),
                       after_step=lambda global_step: variant.after_step(global_step, total_steps))
     columns = list(METRIC_COLUMNS[:-1])
