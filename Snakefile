@@ -1,5 +1,5 @@
 # Weakly supervised semantic segmentation and localisation from image-level labels.
-# Stages: data → classifier → seeds → affinity labels → relation network → random walk →
+# Stages: data → classifier → seeds (→ saliency) → affinity labels → relation network → random walk →
 # pseudo masks → segmentation network; evaluations → results/summary.csv → report. See README.md.
 
 from snakemake.utils import min_version
@@ -18,6 +18,7 @@ include: "rules/data.smk"
 include: "rules/classifier.smk"
 include: "rules/maps.smk"
 include: "rules/seeds.smk"
+include: "rules/saliency.smk"
 include: "rules/evaluation.smk"
 include: "rules/pseudo_masks.smk"
 include: "rules/segmentation.smk"

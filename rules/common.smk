@@ -47,6 +47,12 @@ GPU = 1 if config["gpu_available"] else 0
 
 FULL = "full"  # experiments' reserved seeds name: the segmentation network on ground-truth masks
 SEGMENTATION = config["segmentation"]
+SALIENCY = config.get("saliency", {})
+# Seeds entries that take another entry's maps with a saliency background (rule saliency_seeds);
+# the others are computed from a classifier (rule seeds_shard).
+DERIVED_SEEDS = {name: s for name, s in config["seeds"].items() if s["method"] == "saliency_background"}
+COMPUTED_SEEDS = [name for name in config["seeds"] if name not in DERIVED_SEEDS]
+NEVER = "(?!)"  # the constraint of a wildcard whose config section is empty
 
 
 wildcard_constraints:
@@ -60,6 +66,7 @@ wildcard_constraints:
     shard=r"\d+",
     # A seeds name, or `full` (the segmentation network on ground-truth masks).
     entry="|".join([*config["seeds"], FULL]),
+    saliency="|".join(SALIENCY) or NEVER,
 
 
 def cli_value(value):
@@ -174,6 +181,19 @@ def seeds_stage_settings(section, wildcards):
     return dict(sorted(settings.items()))
 
 
+def affinity_settings(wildcards):
+    """The affinity section for one seeds entry: IRN's two thresholds, or for seeds with a saliency
+    background P-NOC's saliency-aware rule (its thresholds only)."""
+    settings = seeds_stage_settings("affinity", wildcards)
+    unused = ("conf_fg", "conf_bg") if wildcards.seeds in DERIVED_SEEDS else ("sal_bg_threshold", "sal_fg_threshold")
+    return {k: v for k, v in settings.items() if k not in unused}
+
+
+def affinity_saliency_option(wildcards, input):
+    """Seeds with a saliency background carry the saliency in their own file."""
+    return f"--saliency {shlex.quote(input.seeds)}" if wildcards.seeds in DERIVED_SEEDS else ""
+
+
 def classifier_settings(wildcards):
     return config["classifiers"][wildcards.classifier]
 
@@ -196,9 +216,95 @@ def seed_settings(wildcards):
     return config["seeds"][wildcards.seeds]
 
 
+def saliency_maps_file(wildcards, entry):
+    return f"results/{wildcards.dataset}/saliency/{entry}/maps.h5"
+
+
 def seed_inputs(wildcards):
+    """AdvCAM-Sal reads its saliency entry's maps."""
     settings = seed_settings(wildcards)
-    return {"saliency": settings["saliency"]} if "saliency" in settings else {}
+    return {"saliency": saliency_maps_file(wildcards, settings["saliency"])} if settings.get("saliency") else {}
+
+
+def seed_options(wildcards, input):
+    options = cli_options(seed_settings(wildcards), skip=("saliency",))
+    if "saliency" in input.keys():
+        options += f" --saliency {shlex.quote(input.saliency)}"
+    return options
+
+
+def derived_seed_inputs(wildcards):
+    """Seeds with a saliency background: the seeds entry they take and the saliency entry's maps."""
+    settings = DERIVED_SEEDS[wildcards.seeds]
+    return {
+        "seeds": f"results/{wildcards.dataset}/seeds/{wildcards.classifier}/{settings['seeds']}/maps.h5",
+        "saliency": saliency_maps_file(wildcards, settings["saliency"]),
+    }
+
+
+def derived_seed_map(wildcards):
+    """Which saliency is the background: `saliency_map`, by default P-NOC's (the dCRF-refined
+    pseudo-saliency mask of C²AM and C²AM-H, the refinement network's map)."""
+    settings = DERIVED_SEEDS[wildcards.seeds]
+    choice = settings.get("saliency_map") or "auto"
+    if choice == "auto":
+        choice = "map" if SALIENCY[settings["saliency"]]["method"] == "refined" else "mask"
+    return "saliency" if choice == "map" else "saliency_mask"
+
+
+# Saliency (rules/saliency.smk): trained and inferred on the seed split; evaluated there.
+SALIENCY_INFERENCE_KEYS = ("scales", "flip", "mask_threshold", "crf", "crf_iterations", "crf_gt_prob")
+SALIENCY_REFERENCE_KEYS = ("method", "classifier", "seeds", "source")
+
+
+def saliency_settings(wildcards):
+    return SALIENCY[wildcards.saliency]
+
+
+def saliency_training(wildcards):
+    """What shapes the trained saliency network (a param: changed, it retrains)."""
+    return {k: v for k, v in saliency_settings(wildcards).items()
+            if k not in (*SALIENCY_INFERENCE_KEYS, "checkpoint_every")}
+
+
+def saliency_inference(wildcards):
+    return {k: v for k, v in saliency_settings(wildcards).items() if k in SALIENCY_INFERENCE_KEYS}
+
+
+def saliency_train_inputs(wildcards):
+    """C²AM-H reads its hint seeds, the refinement network its source entry's maps."""
+    settings = saliency_settings(wildcards)
+    inputs = {"manifest": seed_manifest(wildcards)}
+    if settings["method"] == "c2am_h":
+        inputs["hints"] = f"results/{wildcards.dataset}/seeds/{settings['classifier']}/{settings['seeds']}/maps.h5"
+    if settings["method"] == "refined":
+        inputs["masks"] = saliency_maps_file(wildcards, settings["source"])
+    return inputs
+
+
+def saliency_train_options(wildcards, input):
+    options = cli_options(saliency_training(wildcards), skip=SALIENCY_REFERENCE_KEYS)
+    for name in ("hints", "masks"):
+        if name in input.keys():
+            options += f" --{name} {shlex.quote(input[name])}"
+    return f"--method {saliency_settings(wildcards)['method']} {options}"
+
+
+def saliency_shard_files(wildcards):
+    return expand("results/{dataset}/saliency/{saliency}/shards/shard-{shard}-of-{n}.h5",
+                  dataset=wildcards.dataset, saliency=wildcards.saliency, shard=range(NUM_SHARDS), n=NUM_SHARDS)
+
+
+def hint_seeds():
+    """(classifier, seeds) of every C²AM-H entry's hints, once each: their own foreground is scored
+    beside the saliency it taught."""
+    return sorted({(s["classifier"], s["seeds"]) for s in SALIENCY.values() if s["method"] == "c2am_h"})
+
+
+def saliency_row_files(dataset):
+    rows = [f"results/{dataset}/eval/saliency/{name}/summary_rows.csv" for name in SALIENCY]
+    rows += [f"results/{dataset}/eval/saliency_hints/{c}/{s}/summary_rows.csv" for c, s in hint_seeds()]
+    return rows
 
 
 def has_segmentation(experiment):
@@ -247,6 +353,7 @@ def experiment_stages(experiment):
 def summary_row_files():
     rows = []
     for dataset in DATASETS:
+        rows += saliency_row_files(dataset)
         rows += [
             f"results/{dataset}/classifier/{name}/summary_rows.csv"
             for name in sorted({e["classifier"] for e in EXPERIMENTS})
@@ -291,6 +398,9 @@ def sweep_settings(wildcards):
 def sweep_options(wildcards):
     """A swept stage's --map-name and --thresholds (start stop step), and dCRF options."""
     stage = wildcards.sweep_stage
+    if wildcards.seeds in DERIVED_SEEDS and stage in ("seeds", "seeds_crf"):
+        # P-NOC's scoring of saliency: 1 − saliency is each pixel's background score, no sweep.
+        return "--map-name cam --saliency-background" + (" --crf" if stage == "seeds_crf" else "")
     if stage == "seeds":
         return f"--map-name cam --thresholds {cli_value(EVALUATION['seeds']['thresholds'])}"
     if stage == "seeds_crf":

@@ -11,8 +11,9 @@ rule affinity_labels_shard:
     output:
         "results/{dataset}/affinity_labels/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
     params:
-        settings=lambda w: seeds_stage_settings("affinity", w),
-        options=lambda w: cli_options(seeds_stage_settings("affinity", w)),
+        settings=affinity_settings,
+        options=lambda w: cli_options(affinity_settings(w)),
+        saliency=affinity_saliency_option,
     log:
         "logs/{dataset}/affinity_labels_{classifier}_{seeds}_shard-{shard}-of-{n}.log",
     benchmark:
@@ -25,7 +26,8 @@ rule affinity_labels_shard:
         "../envs/wsss.yaml"
     shell:
         "python -m wsss_steps.affinity_labels --seeds {input.seeds:q} --manifest {input.manifest:q} "
-        "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output:q} {params.options} 2> {log:q}"
+        "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output:q} {params.options} "
+        "{params.saliency} 2> {log:q}"
 
 
 rule train_relation:

@@ -1,5 +1,6 @@
 # Seeds (METHODS §2): the classifier's CAMs or AdvCAM's (method cam | advcam | advcam_sal), one
-# job per shard of the seed split (merged by merge_maps; evaluated by evaluate_sweep).
+# job per shard of the seed split (merged by merge_maps; evaluated by evaluate_sweep); and seeds
+# with a saliency background (method saliency_background: another entry's maps + a saliency map).
 # Config section: seeds.<name>.
 
 
@@ -10,9 +11,11 @@ rule seeds_shard:
         manifest=seed_manifest,
     output:
         "results/{dataset}/seeds/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
+    wildcard_constraints:
+        seeds="|".join(COMPUTED_SEEDS) or NEVER,
     params:
         settings=seed_settings,
-        options=lambda w: cli_options(seed_settings(w)),
+        options=seed_options,
         device=config["device"],
     log:
         "logs/{dataset}/seeds_{classifier}_{seeds}_shard-{shard}-of-{n}.log",
@@ -29,3 +32,34 @@ rule seeds_shard:
         "python -m wsss_steps.seeds --classifier {input.classifier:q} --manifest {input.manifest:q} "
         "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output:q} {params.options} "
         "--device {params.device} --threads {threads} 2> {log:q}"
+
+
+# Seeds with a saliency background: the maps of seeds entry `seeds` and the saliency entry's map in
+# one file (merge_maps makes the computed entries' maps.h5).
+ruleorder: saliency_seeds > merge_maps
+
+
+rule saliency_seeds:
+    input:
+        unpack(derived_seed_inputs),
+        manifest=seed_manifest,
+    output:
+        "results/{dataset}/seeds/{classifier}/{seeds}/maps.h5",
+    wildcard_constraints:
+        seeds="|".join(DERIVED_SEEDS) or NEVER,
+    params:
+        saliency_map=derived_seed_map,
+    log:
+        "logs/{dataset}/saliency_seeds_{classifier}_{seeds}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/saliency_seeds_{classifier}_{seeds}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../envs/wsss.yaml"
+    shell:
+        "python -m wsss_steps.saliency_seeds --manifest {input.manifest:q} --seeds {input.seeds:q} "
+        "--saliency {input.saliency:q} --saliency-map {params.saliency_map} --out {output:q} "
+        "--method {wildcards.seeds} 2> {log:q}"

@@ -109,13 +109,32 @@ def _refused_keeping(workdir: Path, kept: Path) -> str:
     return result.stdout + result.stderr
 
 
-def test_advcam_sal_without_a_saliency_map_is_refused() -> None:
+def test_saliency_readers_name_a_saliency_entry_and_cycles_are_refused() -> None:
     config = copy.deepcopy(CONFIG)
     config["seeds"]["sal"] = {"method": "advcam_sal"}
-    with pytest.raises(ConfigError, match="seeds.sal: method advcam_sal needs saliency"):
+    with pytest.raises(ConfigError, match="seeds.sal: method advcam_sal needs saliency: <saliency entry>"):
         check_config(config, SCHEMA)
-    config["seeds"]["sal"] = {"method": "advcam", "saliency": "sal.h5"}
-    with pytest.raises(ConfigError, match="seeds.sal: saliency is read by method advcam_sal only, not advcam"):
+    config["seeds"]["sal"] = {"method": "advcam", "saliency": "c2am_h"}
+    with pytest.raises(ConfigError, match="seeds.sal.saliency: not read by method advcam"):
+        check_config(config, SCHEMA)
+    config["seeds"]["sal"] = {"method": "advcam_sal", "saliency": "nowhere"}
+    with pytest.raises(ConfigError, match="seeds.sal.saliency = 'nowhere' is not a key of 'saliency'"):
+        check_config(config, SCHEMA)
+    # C²AM-H hinted by AdvCAM-Sal seeds that read this same C²AM-H: a cycle, named step by step.
+    config["saliency"] = {"c2am_h": {"method": "c2am_h", "classifier": "cam", "seeds": "sal"},
+                          "refined": {"method": "refined", "source": "c2am_h"}}
+    config["seeds"]["sal"] = {"method": "advcam_sal", "saliency": "c2am_h"}
+    with pytest.raises(ConfigError, match="depend on themselves: .*seeds.sal → saliency.c2am_h"):
+        check_config(config, SCHEMA)
+    config["saliency"]["c2am_h"]["seeds"] = "cam"
+    config["seeds"]["sal"] = {"method": "advcam_sal", "saliency": "refined"}
+    config["seeds"]["cam_sal"] = {"method": "saliency_background", "seeds": "cam", "saliency": "c2am_h"}
+    check_config(config, SCHEMA)  # no cycle: accepted
+    config["saliency"]["refined"]["source"] = "refined"
+    with pytest.raises(ConfigError, match="saliency.refined → saliency.refined"):
+        check_config(config, SCHEMA)
+    config["saliency"]["refined"] = {"method": "refined", "source": "c2am_h", "classifier": "cam"}
+    with pytest.raises(ConfigError, match="saliency.refined.classifier: not read by method refined"):
         check_config(config, SCHEMA)
 
 

@@ -41,6 +41,8 @@ def msrc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config["dataset"]["root"] = str(msrc_slice(workdir / "msrc_slice"))
     config["classifiers"]["lite0"]["epochs"] = 1
     config["seeds"]["advcam"]["steps"] = 3
+    for entry in config["saliency"].values():
+        entry["epochs"] = 1
     config["relation"]["epochs"] = 1
     config["segmentation"].update(epochs=1, checkpoint_every=1, test_scales=[1.0])
     config["report"]["gallery_images"] = 2
@@ -60,6 +62,12 @@ def test_the_real_photo_configuration_runs_every_stage(msrc_run: Path) -> None:
                       "segmentation_crf"):
             assert (seeds, stage) in stages
     assert ("full", "segmentation") in stages
+    for seeds in ("cam_c2am_h", "cam_c2am", "cam_refined"):  # CAM with each saliency as background
+        assert (seeds, "seeds") in stages
+    assert ("cam_c2am_h", "pseudo_masks") in stages and ("cam_c2am_h", "segmentation") in stages
+    saliency = {(r["method"], r["metric"]): float(r["value"]) for r in rows if r["stage"] == "saliency"}
+    for method in ("c2am", "c2am_h", "refined", "cam_foreground"):
+        assert 0.0 < saliency[(method, "fg_iou")] <= 1.0
     assert all(0.0 <= float(r["value"]) <= 1.0 for r in rows if r["metric"] == "miou")
     classifier_map = [float(r["value"]) for r in rows if r["stage"] == "classifier" and r["metric"] == "map"]
     assert len(classifier_map) == 1 and classifier_map[0] > 0.2  # 14 classes, ImageNet features, 1 epoch

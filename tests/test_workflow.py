@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from pathlib import Path
 
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 import yaml
 
-from .workflow_helpers import ENV, ROOT, SNAKEMAKE, TINY, job_counts, snakemake, write_config
+from .workflow_helpers import (
+    ENV,
+    ROOT,
+    SNAKEMAKE,
+    TINY,
+    job_counts,
+    snakemake,
+    tiny_config,
+    write_config,
+)
 
 
 def planned_jobs(workdir: Path) -> dict[str, int]:
@@ -196,3 +207,49 @@ def test_variants_train_their_shared_ordinary_classifier_once(tmp_path: Path) ->
     config["classifiers"]["cam"]["epochs"] = 3
     write_config(tmp_path, config)
     assert planned_jobs(tmp_path)["train_classifier"] == 3
+
+
+def test_saliency_entries_feed_seeds_affinity_labels_and_the_summary(tmp_path: Path) -> None:
+    """C²AM-H hinted by the CAM seeds, a refinement network on its pseudo-saliency masks, CAM seeds
+    with each saliency as background through affinity labels → random walk → pseudo masks, and
+    AdvCAM-Sal reading the refined entry."""
+    saliency = {"backbone": "small_resnet", "pretrained": False, "output_stride": 8, "epochs": 1,
+                "batch_size": 6, "accumulation_steps": 2, "resize_long": [48, 80], "crop": 64, "width": 16,
+                "scales": [1.0]}
+    config = tiny_config(
+        saliency={"c2am_h": {"method": "c2am_h", "classifier": "cam", "seeds": "cam", **saliency},
+                  "refined": {"method": "refined", "source": "c2am_h", **saliency, "batch_size": 4}},
+        seeds={"cam": {"method": "cam", "scales": [1.0]},
+               "cam_sal": {"method": "saliency_background", "seeds": "cam", "saliency": "c2am_h"},
+               "adv_sal": {"method": "advcam_sal", "saliency": "refined", "scales": [1.0], "steps": 2,
+                           "flip": False}},
+        experiments=[{"classifier": "cam", "seeds": "cam", "segmentation": False},
+                     {"classifier": "cam", "seeds": "cam_sal", "segmentation": False},
+                     {"classifier": "cam", "seeds": "adv_sal", "pseudo_masks": False}])
+    write_config(tmp_path, config)
+    jobs = planned_jobs(tmp_path)
+    assert jobs["train_saliency"] == 2 and jobs["saliency_seeds"] == 1 and jobs["evaluate_hint_foreground"] == 1
+    assert jobs["seeds_shard"] == 4  # cam and adv_sal; cam_sal takes cam's maps
+    snakemake(tmp_path, "--cores", "2")
+    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+    rows = summary[summary.stage == "saliency"].set_index(["method", "metric"])["value"]
+    for method in ("c2am_h", "refined", "cam_foreground"):
+        assert 0 < rows[(method, "fg_iou")] <= 1 and 0 <= rows[(method, "mae")] <= 1
+    assert rows[("c2am_h", "mask_fg_iou")] > 0
+    seeds = summary[(summary.stage == "seeds")].set_index(["method", "metric"])["value"]
+    assert ("cam_sal", "miou") in seeds and ("cam_sal", "best_threshold") not in seeds  # no sweep
+    assert ("cam", "best_threshold") in seeds
+    masks = summary[(summary.stage == "pseudo_masks") & (summary.metric == "miou")].set_index("method")["value"]
+    assert set(masks.index) == {"cam", "cam_sal"}
+    results = tmp_path / "results" / "tiny"
+    with h5py.File(results / "affinity_labels/cam/cam_sal/maps.h5", "r") as labels:
+        assert labels.attrs["method"] == "pnoc_saliency"
+    with h5py.File(results / "seeds/cam/adv_sal/maps.h5", "r") as maps:
+        params = json.loads(maps.attrs["params"])
+        assert params["saliency_threshold"] == 0.1 and params["saliency"]["method"] == "refined"
+    with h5py.File(results / "seeds/cam/cam_sal/maps.h5", "r") as derived, \
+            h5py.File(results / "seeds/cam/cam/maps.h5", "r") as base:
+        image_id = sorted(base)[0]
+        assert np.array_equal(derived[image_id]["cam"][()], base[image_id]["cam"][()])
+        assert derived[image_id]["saliency"].shape == base[image_id]["cam"].shape[1:]
+    assert (results / "report" / "seeds_precision_recall.png").stat().st_size > 0

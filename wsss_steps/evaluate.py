@@ -17,6 +17,7 @@ from wsss_steps.data.manifest import read_manifest
 from wsss_steps.evaluation.masks import (
     DEFAULT_THRESHOLDS,
     evaluate_label_maps,
+    evaluate_saliency_background,
     evaluate_seeds,
     threshold_list,
     write_outputs,
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--label-map", action="store_true",
                         help="--map-name is a fixed label map (H, W) in mask numbering (e.g. a segmentation "
                         "network's prediction): scored as it is, no threshold sweep")
+    parser.add_argument("--saliency-background", action="store_true",
+                        help="seeds with a saliency background (P-NOC's scoring of saliency): each pixel's "
+                        "background score is 1 − its 'saliency' in the same file; no threshold sweep")
     parser.add_argument("--curve", type=Path, help="output CSV: one row per threshold (required without --label-map)")
     parser.add_argument("--per-class", required=True, type=Path, help="output CSV: per-class scores at the best threshold")
     parser.add_argument("--summary", required=True, type=Path, help="output CSV: rows for results/summary.csv")
@@ -56,6 +60,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     if args.workers < 1:
         raise SystemExit("--workers must be >= 1")
+    if args.label_map and args.saliency_background:
+        raise SystemExit("--label-map and --saliency-background exclude each other")
     if args.label_map and args.crf:
         raise SystemExit("--label-map scores fixed label maps: refine them before (no --crf)")
     if args.curve is None and not args.label_map:
@@ -72,6 +78,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     identity = {"dataset": args.dataset or manifest.dataset,
                 "stage": args.stage or ("seeds_crf" if args.crf else "seeds"),
                 "method": method, "classifier": args.classifier, "split": args.split or manifest.split}
+    if args.saliency_background:
+        log.info("evaluating %s/%s of %s with the saliency as background%s", args.maps, args.map_name,
+                 args.manifest, " and CRF" if args.crf else "")
+        confusion = evaluate_saliency_background(manifest, args.maps, args.map_name, crf=args.crf)
+        result = write_outputs(confusion, None, manifest.class_names, identity, args.curve, args.per_class,
+                               args.summary, len(manifest.records))
+        log.info("mIoU %.4f", result["miou"])
+        return 0
     if args.label_map:
         log.info("evaluating the label maps %s/%s of %s: %d images", args.maps, args.map_name, args.manifest,
                  len(manifest.records))

@@ -163,6 +163,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         records: list[ImageRecord] = [manifest.record(i) for i in ids]
         compute = AdvCamSeeds(model, records, config, device, saliency, reference=args.reference)
         params = config.params(saliency=saliency is not None)
+        if saliency is not None:  # which saliency restricted the climb: part of the maps' identity
+            params = {**params, "saliency": {"method": str(saliency.attrs.get("method", "")),
+                                             "params": saliency.params}}
     # Identity of what the maps are computed from: a partial shard of another classifier or other
     # images is started over, not continued (`store.maps.MapWriter`).
     params = {**params, "classifier": model_identity(args.classifier, meta), "images": manifest.content_digest()}

@@ -223,6 +223,33 @@ def evaluate_seeds(manifest: Manifest, map_path: str | Path, map_name: str,
     return total
 
 
+def evaluate_saliency_background(manifest: Manifest, map_path: str | Path, map_name: str,
+                                 crf: bool = False) -> np.ndarray:
+    """The confusion matrix (L, L) of P-NOC's "seeds with saliency as background": each pixel's
+    background score is 1 − its ``saliency`` (stored beside the seeds), the label the argmax over
+    [1 − saliency, maps] (ties → background), refined by dCRF (IRN_CRF) with ``crf``; no sweep."""
+    map_path = Path(map_path)
+    num_labels = manifest.num_classes + 1
+    total = np.zeros((num_labels, num_labels), dtype=np.int64)
+    with open_for_manifest(map_path, manifest) as reader:
+        for record in tqdm(manifest.records, desc="seeds with saliency background", unit="img"):
+            seed = load_seed_image(reader, record, map_name, manifest.num_classes)
+            data = reader.read(record.image_id)
+            if "saliency" not in data:
+                raise EvaluationError(f"image {record.image_id!r} in {map_path} has no dataset 'saliency' "
+                                      f"(it holds {sorted(data)}): not seeds with a saliency background")
+            saliency = np.asarray(data["saliency"], dtype=np.float32)
+            if saliency.shape != seed.mask.shape:
+                raise EvaluationError(f"image {record.image_id!r}: saliency in {map_path} is {saliency.shape}, "
+                                      f"the mask is {seed.mask.shape}")
+            lut = np.r_[0, seed.keys + 1]
+            compact = padded_argmax(seed.cam, 1.0 - saliency)
+            if crf:
+                compact = crf_from_labels(read_image(record.image_path), compact, lut.size, IRN_CRF)
+            total += confusion_matrix(seed.mask, lut[compact], num_labels)
+    return total
+
+
 def evaluate_label_maps(manifest: Manifest, map_path: str | Path, map_name: str) -> np.ndarray:
     """The confusion matrix (L, L) of fixed label maps (H, W) in mask numbering (0 = background,
     k + 1 = class k), e.g. a segmentation network's predictions; every image of the manifest must
@@ -257,7 +284,8 @@ def _format(value: float) -> str:
     return "nan" if np.isnan(value) else repr(float(value))
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+def write_rows_csv(path: Path, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """Writes a header and rows to ``path`` through a temporary file (never a half-written CSV)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w", newline="") as handle:
@@ -283,14 +311,14 @@ def write_outputs(confusions: np.ndarray, thresholds: Sequence[float] | None, cl
     with np.errstate(all="ignore"):
         means = {name: np.nanmean(values, axis=-1) for name, values in scores.items()}
     if curve_path is not None:
-        _write_csv(curve_path, ["threshold", "miou", "mean_precision", "mean_recall", "mean_fp_rate",
+        write_rows_csv(curve_path, ["threshold", "miou", "mean_precision", "mean_recall", "mean_fp_rate",
                                 "mean_fn_rate"],
                    [["" if fixed else repr(t), _format(mious[i]), _format(means["precision"][i]),
                      _format(means["recall"][i]), _format(means["fp_rate"][i]), _format(means["fn_rate"][i])]
                     for i, t in enumerate([None] if fixed else thresholds)])
     best = best_index(mious)
     names = ["background", *class_names]
-    _write_csv(per_class_path, ["class", *PER_CLASS_SCORES],
+    write_rows_csv(per_class_path, ["class", *PER_CLASS_SCORES],
                [[name] + [_format(scores[s][best, c]) for s in PER_CLASS_SCORES] for c, name in enumerate(names)])
     key = [identity[c] for c in SUMMARY_COLUMNS[:5]]
     rows = [key + ["miou", _format(mious[best])]]
@@ -301,5 +329,5 @@ def write_outputs(confusions: np.ndarray, thresholds: Sequence[float] | None, cl
             key + ["num_images", str(num_images)]]
     for score in PER_CLASS_SCORES:
         rows += [key + [f"{score}/{name}", _format(scores[score][best, c])] for c, name in enumerate(names)]
-    _write_csv(summary_path, SUMMARY_COLUMNS, rows)
+    write_rows_csv(summary_path, SUMMARY_COLUMNS, rows)
     return {"miou": float(mious[best]), "best_threshold": float("nan") if fixed else float(thresholds[best])}

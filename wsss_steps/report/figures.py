@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import html
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,10 @@ def plot_sweep(curves: Sequence[tuple[str, Path]], out: Path, title: str) -> Non
     for name, path in curves:
         rows = _read_csv(path)
         points = [(float(r["threshold"]), 100 * float(r["miou"])) for r in rows if r["threshold"] not in ("", None)]
+        if not points and rows:  # no sweep (seeds with a saliency background): one level
+            level = 100 * float(rows[0]["miou"])
+            ax.axhline(level, linestyle="--", label=f"{name} (no sweep: {level:.1f})")
+            continue
         if not points:
             raise ValueError(f"report_figures: {path} holds no threshold sweep")
         xs, ys = zip(*points, strict=True)
@@ -154,7 +159,14 @@ def plot_precision_recall(curves: Sequence[tuple[str, Path]], out: Path, title: 
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6.4, 4.8), dpi=100)
     for name, path in curves:
-        rows = [r for r in _read_csv(path) if r.get("threshold") not in ("", None)]
+        all_rows = _read_csv(path)
+        rows = [r for r in all_rows if r.get("threshold") not in ("", None)]
+        if not rows and all_rows:  # no sweep (seeds with a saliency background): one point
+            point = all_rows[0]
+            ax.plot([100 * float(point["mean_recall"])], [100 * float(point["mean_precision"])], marker="*",
+                    markersize=12, linestyle="none",
+                    label=f"{name} (mIoU {100 * float(point['miou']):.1f}, saliency background)")
+            continue
         if not rows:
             raise ValueError(f"report_figures: {path} holds no threshold sweep")
         recall = [100 * float(r["mean_recall"]) for r in rows]
@@ -210,9 +222,14 @@ def label_overlay(image: np.ndarray, labels: np.ndarray, alpha: float = 0.6) -> 
 
 
 def best_threshold(rows_path: Path) -> float:
-    for row in _read_csv(rows_path):
+    """The seeds' best background threshold; NaN for seeds scored without a sweep (a saliency
+    background), whose rows have a miou but no best_threshold."""
+    rows = _read_csv(rows_path)
+    for row in rows:
         if row["metric"] == "best_threshold":
             return float(row["value"])
+    if any(row["metric"] == "miou" for row in rows):
+        return float("nan")
     raise ValueError(f"report_figures: {rows_path} has no best_threshold row")
 
 
@@ -226,6 +243,7 @@ def render_gallery(manifest_path: Path, predictions: Path, out: Path, count: int
     manifest = read_manifest(manifest_path)
     ids = spread_ids(manifest.ids, count)
     threshold = best_threshold(seeds_rows) if seeds is not None and seeds_rows is not None else None
+    saliency_background = threshold is not None and math.isnan(threshold)
     seed_reader = MapReader(seeds) if seeds is not None else None
     mask_reader = MapReader(pseudo_masks) if pseudo_masks is not None else None
     prediction_reader = MapReader(predictions)
@@ -245,12 +263,16 @@ def render_gallery(manifest_path: Path, predictions: Path, out: Path, count: int
                 gt = read_label_mask(record.mask_path)
                 panels.append(titled(label_overlay(image, np.where(gt == 255, 0, gt)), "ground truth"))
             if seed_reader is not None:
-                data = seed_reader.read(image_id, ["cam", "keys"])
+                data = seed_reader.read(image_id, ["cam", "keys", "saliency"] if saliency_background
+                                        else ["cam", "keys"])
                 fg_label, fg_score = foreground_argmax(np.asarray(data["cam"], np.float32),
                                                        np.asarray(data["keys"], np.int64).reshape(-1))
-                seeds_label = np.where(fg_score > (threshold if threshold is not None else 0.5), fg_label, 0)
-                panels.append(titled(label_overlay(image, seeds_label),
-                                     f"seeds (t={threshold:.2f})" if threshold is not None else "seeds"))
+                background = (1.0 - np.asarray(data["saliency"], np.float32) if saliency_background
+                              else threshold if threshold is not None else 0.5)
+                seeds_label = np.where(fg_score > background, fg_label, 0)
+                title = ("seeds (saliency bg)" if saliency_background else
+                         f"seeds (t={threshold:.2f})" if threshold is not None else "seeds")
+                panels.append(titled(label_overlay(image, seeds_label), title))
             if mask_reader is not None:
                 pseudo = np.asarray(mask_reader.read(image_id, ["mask"])["mask"])
                 panels.append(titled(label_overlay(image, np.where(pseudo == 255, 0, pseudo)), "pseudo mask"))

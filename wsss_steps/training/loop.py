@@ -11,6 +11,9 @@ loop owns what every training shares:
   a running RNG state, and torch's global generator is reseeded from (seed, epoch) each epoch, so a
   run resumed from a checkpoint continues bitwise as an uninterrupted one;
 - the learning-rate schedule (poly decay by default, per step, before the step);
+- gradient accumulation (``accumulation_steps``): an optimiser step sums the gradients of that
+  many consecutive batches (each loss divided by it), so a small batch on a CPU takes the steps
+  of a large one; losses computed over a batch (C²AM's pairs) still see one batch at a time;
 - the progress bar, one metrics CSV row per epoch, a non-finite loss stopping the run;
 - checkpoints: ``last.pt`` every ``checkpoint_every`` epochs, after the last and before a stop
   asked for with ``stop_after_epochs``; continued only when written with the same settings;
@@ -79,6 +82,7 @@ class LoopSettings:
     metric_columns: Sequence[str] = ("epoch", "step", "lr", "loss", "seconds")
     loss_column: str = "loss"
     num_workers: int = 0
+    accumulation_steps: int = 1  # batches whose gradients one optimiser step sums
 
 
 @dataclass
@@ -117,8 +121,11 @@ def write_csv(path: Path, columns: Sequence[str], rows: Sequence[Mapping[str, An
     os.replace(tmp, path)
 
 
-def steps_per_epoch(num_items: int, batch_size: int) -> int:
-    return num_items // batch_size if num_items >= batch_size else 1
+def steps_per_epoch(num_items: int, batch_size: int, accumulation_steps: int = 1) -> int:
+    """Optimiser steps per epoch: whole steps of ``batch_size × accumulation_steps`` items (the
+    rest of the epoch's order is left out), or one step over everything when there are fewer."""
+    items_per_step = batch_size * accumulation_steps
+    return num_items // items_per_step if num_items >= items_per_step else 1
 
 
 def _state(trainee: Trainee) -> dict[str, Any]:
@@ -152,15 +159,23 @@ def train(trainee: Trainee, plan: LoopSettings) -> TrainingResult:
     start_epoch, step, history = _resume(trainee, plan, checkpoint_path, expected_hash)
     dataset, optimizer = trainee.dataset, trainee.optimizer
     num_items = len(dataset)
+    accumulation = plan.accumulation_steps
+    if accumulation < 1:
+        raise ValueError(f"{plan.name}: accumulation_steps must be ≥ 1, not {accumulation}")
     drop_last = num_items >= plan.batch_size  # a last batch of 1 would break BatchNorm
-    total_steps = steps_per_epoch(num_items, plan.batch_size) * plan.epochs
+    epoch_steps = steps_per_epoch(num_items, plan.batch_size, accumulation)
+    # Batches of an epoch: whole optimiser steps only (with fewer items than one step: them all).
+    epoch_items = epoch_steps * plan.batch_size * accumulation if num_items >= plan.batch_size * accumulation \
+        else num_items
+    epoch_batches = max(1, epoch_items // plan.batch_size) if drop_last else 1
+    total_steps = epoch_steps * plan.epochs
     validation: dict[str, Any] | None = None
     epochs_this_run = 0
     for epoch in range(start_epoch, plan.epochs):
         started = time.perf_counter()
         torch.manual_seed(epoch_torch_seed(plan.seed, epoch))
         dataset.set_epoch(epoch)
-        order = epoch_permutation(plan.seed, epoch, num_items).tolist()
+        order = epoch_permutation(plan.seed, epoch, num_items).tolist()[:epoch_items]
         loader = DataLoader(dataset, batch_size=plan.batch_size, sampler=order, drop_last=drop_last,
                             num_workers=plan.num_workers, worker_init_fn=seed_worker,
                             generator=torch.Generator().manual_seed(epoch_torch_seed(plan.seed, epoch)),
@@ -172,21 +187,25 @@ def train(trainee: Trainee, plan: LoopSettings) -> TrainingResult:
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}  # a part may be reported on some steps only
         batches = 0
-        progress = tqdm(loader, total=steps_per_epoch(num_items, plan.batch_size),
+        progress = tqdm(loader, total=epoch_batches,
                         desc=f"{plan.name} epoch {epoch + 1}/{plan.epochs}", unit="batch", leave=False,
                         mininterval=1.0)
         for batch in progress:
-            factor = trainee.lr_schedule(step, total_steps)
-            for group, base_lr in zip(optimizer.param_groups, trainee.base_lrs, strict=True):
-                group["lr"] = base_lr * factor
+            first_of_step = batches % accumulation == 0
+            if first_of_step:
+                factor = trainee.lr_schedule(step, total_steps)
+                for group, base_lr in zip(optimizer.param_groups, trainee.base_lrs, strict=True):
+                    group["lr"] = base_lr * factor
             loss, parts = trainee.step(batch, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if trainee.after_step is not None:
-                parts = {**parts, **trainee.after_step(step)}
-            step += 1
+            if first_of_step:  # after the step function: gradients it leaves behind are not kept
+                optimizer.zero_grad(set_to_none=True)
+            (loss / accumulation if accumulation > 1 else loss).backward()
             batches += 1
+            if batches % accumulation == 0 or batches == epoch_batches:
+                optimizer.step()
+                if trainee.after_step is not None:
+                    parts = {**parts, **trainee.after_step(step)}
+                step += 1
             for key, value in {plan.loss_column: loss.item(), **parts}.items():
                 sums[key] = sums.get(key, 0.0) + float(value)
                 counts[key] = counts.get(key, 0) + 1

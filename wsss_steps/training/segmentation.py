@@ -4,6 +4,7 @@ file or the ground truth, augmented pairs, and the class-balanced loss weights."
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -24,9 +25,12 @@ class MaskError(ValueError):
 class MaskSource:
     """Each training image's label mask: from a pseudo-mask HDF5 file or the ground truth."""
 
-    def __init__(self, manifest: Manifest, masks_path: Path | None):
+    def __init__(self, manifest: Manifest, masks_path: Path | None, mask_name: str = MASK_NAME,
+                 num_labels: int | None = None):
         self.manifest = manifest
         self.masks_path = masks_path
+        self.mask_name = mask_name  # the dataset read from a mask file (saliency masks: saliency_mask)
+        self.num_labels = manifest.num_classes + 1 if num_labels is None else num_labels
         self._reader: MapReader | None = None  # opened lazily: one handle per worker process
         if masks_path is not None:
             with MapReader(masks_path) as reader:
@@ -47,24 +51,30 @@ class MaskSource:
                 self._reader = MapReader(self.masks_path)
             source = str(self.masks_path)
             data = self._reader.read(record.image_id)
-            if MASK_NAME not in data:
-                raise MaskError(f"image {record.image_id!r} in {source} has no dataset {MASK_NAME!r} "
+            if self.mask_name not in data:
+                raise MaskError(f"image {record.image_id!r} in {source} has no dataset {self.mask_name!r} "
                                 f"(it holds {sorted(data)})")
-            mask = np.asarray(data[MASK_NAME], dtype=np.uint8)
+            mask = np.asarray(data[self.mask_name], dtype=np.uint8)
         if mask.shape != shape:
             raise MaskError(f"image {record.image_id!r}: mask in {source} is {mask.shape}, the image is {shape}")
-        bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(self.manifest.num_classes + 1), IGNORE_LABEL])
+        bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(self.num_labels), IGNORE_LABEL])
         if bad.size:
             raise MaskError(f"image {record.image_id!r}: mask in {source} holds values {bad.tolist()} outside "
-                            f"0..{self.manifest.num_classes} and {IGNORE_LABEL}")
+                            f"0..{self.num_labels - 1} and {IGNORE_LABEL}")
         return mask
+
+
+class LabelSource(Protocol):
+    """Each training image's label map (H, W) uint8 (255 = ignore): `MaskSource`, C²AM-H's hints."""
+
+    def read(self, index: int, shape: tuple[int, int]) -> np.ndarray: ...
 
 
 class SegmentationDataset(Dataset):
     """Augmented images and masks; sample ``index`` of epoch ``e`` uses ``sample_rng(seed, e, index)``.
     Items: (image float32 (3, crop, crop), label int64 (crop, crop))."""
 
-    def __init__(self, manifest: Manifest, masks: MaskSource, augmentation: TrainAugmentation, seed: int = 0,
+    def __init__(self, manifest: Manifest, masks: LabelSource, augmentation: TrainAugmentation, seed: int = 0,
                  cache: bool = False):
         self.manifest = manifest
         self.masks = masks

@@ -79,13 +79,7 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     if FULL_SUPERVISION in config.get("seeds", {}):
         problems.append(f"seeds.{FULL_SUPERVISION}: the name {FULL_SUPERVISION!r} is reserved for the "
                         "fully supervised experiment (ground-truth masks); rename it")
-    for name, settings in (config.get("seeds") or {}).items():
-        method = (settings or {}).get("method")
-        if method == "advcam_sal" and not settings.get("saliency"):
-            problems.append(f"seeds.{name}: method advcam_sal needs saliency: <saliency map file> "
-                            "(else it would be plain AdvCAM under another name)")
-        if method != "advcam_sal" and (settings or {}).get("saliency"):
-            problems.append(f"seeds.{name}: saliency is read by method advcam_sal only, not {method}")
+    problems += check_saliency(config)
     for section in ("affinity", "random_walk"):
         for name in (config.get(section) or {}).get("per_seeds") or {}:
             if name not in config.get("seeds", {}):
@@ -107,6 +101,92 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
             if name not in config.get(section, {}):
                 problems.append(f"experiments[{index}].{key} = {name!r} is not a key of '{section}' "
                                 f"(configured: {', '.join(config.get(section, {}))})")
+    return problems
+
+
+SALIENCY_SEEDS = frozenset({"advcam_sal", "saliency_background"})  # seeds methods that read a saliency entry
+HINTED_SALIENCY = "c2am_h"
+REFINED_SALIENCY = "refined"
+
+
+def _entry_keys(section: str, name: str, settings: Mapping[str, Any], wanted: Mapping[str, bool],
+                method: Any) -> list[str]:
+    """Each key of ``wanted`` must be given exactly where ``wanted[key]`` is true."""
+    problems = []
+    for key, needed in wanted.items():
+        given = settings.get(key) is not None
+        if needed and not given:
+            problems.append(f"{section}.{name}: method {method} needs {key}: <{_KEY_MEANING[key]}>")
+        elif given and not needed:
+            problems.append(f"{section}.{name}.{key}: not read by method {method}")
+    return problems
+
+
+_KEY_MEANING = {"saliency": "saliency entry", "seeds": "seeds entry", "classifier": "classifiers entry",
+                "source": "saliency entry"}
+
+
+def check_saliency(config: Mapping[str, Any]) -> list[str]:
+    """Saliency entries and the seeds entries that read them name configured entries, with the keys
+    their method reads and no others, and no entry depends on itself (a C²AM-H whose hints are
+    AdvCAM-Sal seeds restricted by that same C²AM-H, a refined entry refining itself)."""
+    seeds = config.get("seeds") or {}
+    saliency = config.get("saliency") or {}
+    classifiers = config.get("classifiers") or {}
+    problems: list[str] = []
+    edges: dict[tuple[str, str], list[tuple[str, str]]] = {}
+    for name, settings in seeds.items():
+        settings = settings or {}
+        method = settings.get("method")
+        derived = method == "saliency_background"
+        problems += _entry_keys("seeds", name, settings, {"saliency": method in SALIENCY_SEEDS, "seeds": derived},
+                                method)
+        if settings.get("saliency_map") is not None and not derived:
+            problems.append(f"seeds.{name}.saliency_map: not read by method {method}")
+        node = edges.setdefault(("seeds", name), [])
+        if settings.get("saliency") is not None:
+            if settings["saliency"] not in saliency:
+                problems.append(f"seeds.{name}.saliency = {settings['saliency']!r} is not a key of 'saliency' "
+                                f"(configured: {', '.join(saliency) or 'none'})")
+            node.append(("saliency", settings["saliency"]))
+        if settings.get("seeds") is not None:
+            if settings["seeds"] not in seeds:
+                problems.append(f"seeds.{name}.seeds = {settings['seeds']!r} is not a key of 'seeds'")
+            node.append(("seeds", settings["seeds"]))
+    for name, settings in saliency.items():
+        settings = settings or {}
+        method = settings.get("method")
+        hinted = method == HINTED_SALIENCY
+        problems += _entry_keys("saliency", name, settings, {"classifier": hinted, "seeds": hinted,
+                                                             "source": method == REFINED_SALIENCY}, method)
+        node = edges.setdefault(("saliency", name), [])
+        if hinted and settings.get("classifier") is not None and settings["classifier"] not in classifiers:
+            problems.append(f"saliency.{name}.classifier = {settings['classifier']!r} is not a key of "
+                            f"'classifiers' (configured: {', '.join(classifiers)})")
+        if hinted and settings.get("seeds") is not None:
+            if settings["seeds"] not in seeds:
+                problems.append(f"saliency.{name}.seeds = {settings['seeds']!r} is not a key of 'seeds' "
+                                f"(configured: {', '.join(seeds)})")
+            node.append(("seeds", settings["seeds"]))
+        if method == REFINED_SALIENCY and settings.get("source") is not None:
+            if settings["source"] not in saliency:
+                problems.append(f"saliency.{name}.source = {settings['source']!r} is not a key of 'saliency'")
+            node.append(("saliency", settings["source"]))
+    reported: set[frozenset[tuple[str, str]]] = set()
+
+    def visit(node: tuple[str, str], path: list[tuple[str, str]]) -> None:
+        if node in path:
+            cycle = path[path.index(node):] + [node]
+            if frozenset(cycle) not in reported:
+                reported.add(frozenset(cycle))
+                problems.append("saliency and seeds entries depend on themselves: "
+                                + " → ".join(f"{section}.{name}" for section, name in cycle))
+            return
+        for target in edges.get(node, []):
+            visit(target, [*path, node])
+
+    for node in list(edges):
+        visit(node, [])
     return problems
 
 
