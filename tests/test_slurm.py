@@ -44,7 +44,7 @@ CHECKOUT = ["Snakefile", "config.yaml", "rules", "schemas", "wsss_steps", "envs"
 CONFIG = tiny_config(gpu_available=True, device="cpu",
                      resources={"threads": 1, "train_mem_mb": 3000, "infer_mem_mb": 2000,
                                 "train_runtime_min": 30, "infer_runtime_min": 20})
-TRAINING_RULES = {"train_classifier", "train_relation", "train_segmentation"}
+TRAINING_RULES = {"train_classifier", "train_relation", "train_saliency", "train_segmentation"}
 SHARD_RULES = {"seeds_shard", "affinity_labels_shard", "random_walk_shard"}
 
 
