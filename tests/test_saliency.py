@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from tests.test_relation import make_shapes_dataset, one_thread  # noqa: F401 (autouse fixture)
+from tests.test_training_loop import Points
 from wsss_steps import evaluate, evaluate_saliency, saliency_maps, saliency_seeds, train_saliency
 from wsss_steps.data.images import IGNORE_LABEL, read_label_mask
 from wsss_steps.evaluation.saliency import SaliencyCounts, foreground_map
@@ -148,19 +149,6 @@ def test_pseudo_saliency_mask_thresholds_then_crf() -> None:
 
 def test_gradient_accumulation_takes_the_steps_of_the_larger_batch(tmp_path: Path) -> None:
     """Batch 2 × 2 accumulation = batch 4 (a BatchNorm-free model with a mean loss)."""
-    x = torch.randn(12, 3, generator=torch.Generator().manual_seed(0))
-    y = x @ torch.tensor([1.0, -2.0, 0.5])
-
-    class Points(torch.utils.data.Dataset):
-        def set_epoch(self, epoch: int) -> None:
-            pass
-
-        def __len__(self) -> int:
-            return 12
-
-        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return x[i], y[i]
-
     def run(batch: int, accumulation: int) -> tuple[nn.Module, object]:
         torch.manual_seed(0)
         model = nn.Linear(3, 1)
@@ -171,7 +159,7 @@ def test_gradient_accumulation_takes_the_steps_of_the_larger_batch(tmp_path: Pat
 
         plan = LoopSettings(name="acc", epochs=3, batch_size=batch, seed=1, device=torch.device("cpu"),
                             settings={"a": accumulation}, accumulation_steps=accumulation)
-        return model, train(Trainee(model, optimizer, [0.1], Points(), step), plan)
+        return model, train(Trainee(model, optimizer, [0.1], Points(), step), plan)  # 12 points
 
     large, large_result = run(4, 1)
     small, small_result = run(2, 2)

@@ -234,11 +234,11 @@ def evaluate_saliency_background(manifest: Manifest, map_path: str | Path, map_n
     with open_for_manifest(map_path, manifest) as reader:
         for record in tqdm(manifest.records, desc="seeds with saliency background", unit="img"):
             seed = load_seed_image(reader, record, map_name, manifest.num_classes)
-            data = reader.read(record.image_id)
-            if "saliency" not in data:
-                raise EvaluationError(f"image {record.image_id!r} in {map_path} has no dataset 'saliency' "
-                                      f"(it holds {sorted(data)}): not seeds with a saliency background")
-            saliency = np.asarray(data["saliency"], dtype=np.float32)
+            try:  # only the saliency: the maps were read (and checked) above
+                saliency = np.asarray(reader.read(record.image_id, ["saliency"])["saliency"], dtype=np.float32)
+            except KeyError as error:
+                raise EvaluationError(f"image {record.image_id!r} in {map_path} has no dataset 'saliency': "
+                                      "not seeds with a saliency background") from error
             if saliency.shape != seed.mask.shape:
                 raise EvaluationError(f"image {record.image_id!r}: saliency in {map_path} is {saliency.shape}, "
                                       f"the mask is {seed.mask.shape}")
