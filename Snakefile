@@ -22,6 +22,7 @@ include: "rules/saliency.smk"
 include: "rules/evaluation.smk"
 include: "rules/pseudo_masks.smk"
 include: "rules/segmentation.smk"
+include: "rules/wsol.smk"
 include: "rules/report.smk"
 
 

@@ -64,8 +64,8 @@ wildcard_constraints:
     seg_stage="segmentation|segmentation_crf",
     split="[A-Za-z0-9_]+",
     shard=r"\d+",
-    # A seeds name, or `full` (the segmentation network on ground-truth masks).
-    entry="|".join([*config["seeds"], FULL]),
+    # A seeds name, `full` (the segmentation network on ground-truth masks) or a weight_maps name.
+    entry="|".join([*config["seeds"], FULL, *config.get("weight_maps", {})]),
     saliency="|".join(SALIENCY) or NEVER,
 
 
@@ -167,6 +167,8 @@ def shard_files(wildcards):
 
 
 def map_stage_manifest(wildcards):
+    if wildcards.map_stage in WSOL_PARTS:
+        return wsol_part_manifest(wildcards)
     return manifest(wildcards, MAP_STAGE_SPLITS[wildcards.map_stage](wildcards))
 
 
@@ -199,9 +201,14 @@ def classifier_settings(wildcards):
 
 
 def classifier_inputs(wildcards):
-    """The training and validation manifests, and the ordinary classifier's model where the
-    variant reads one (OC-CSE, P-OC, P-NOC): another entry's artifact, trained once."""
-    inputs = {"train": train_manifest(wildcards), "val": val_manifest(wildcards)}
+    """The training and validation manifests (a softmax classifier's: the WSOL images of the
+    train and val splits), and the ordinary classifier's model where the variant reads one
+    (OC-CSE, P-OC, P-NOC): another entry's artifact, trained once."""
+    if classifier_settings(wildcards).get("loss") == "softmax":
+        inputs = {"train": wsol_manifest(wildcards, train_split(wildcards)),
+                  "val": wsol_manifest(wildcards, val_split(wildcards))}
+    else:
+        inputs = {"train": train_manifest(wildcards), "val": val_manifest(wildcards)}
     ordinary = classifier_settings(wildcards).get("ordinary")
     if ordinary:
         inputs["ordinary"] = f"results/{wildcards.dataset}/classifier/{ordinary}/model.pt"
@@ -307,6 +314,67 @@ def saliency_row_files(dataset):
     return rows
 
 
+# WSOL (rules/wsol.smk): maps of the WSOL images of two splits (the box threshold is calibrated on
+# the first, applied to the second), from seeds entries (cam, advcam) or weight_maps entries.
+WSOL = config.get("wsol") or {"experiments": []}
+WSOL_EXPERIMENTS = WSOL.get("experiments", [])
+WEIGHT_MAPS = config.get("weight_maps", {})
+WSOL_PARTS = {"wsol_calibration": "calibration_split", "wsol_evaluation": "evaluation_split"}
+WSOL_SEEDS = sorted({e["maps"] for e in WSOL_EXPERIMENTS if e["maps"] in config["seeds"]})
+WEIGHT_MAP_TRAINING_KEYS = ("backbone", "backbone_weights", "pretrained", "l1_weight", "epochs", "batch_size",
+                            "lr", "weight_decay", "resize_long", "crop", "seed")
+
+
+def wsol_manifest(wildcards, split):
+    """The WSOL images of a split (rule wsol_images)."""
+    return f"results/{wildcards.dataset}/wsol_data/{split}.csv"
+
+
+def wsol_part_manifest(wildcards):
+    return wsol_manifest(wildcards, WSOL[WSOL_PARTS[wildcards.map_stage]])
+
+
+def wsol_maps(wildcards, part):
+    return f"results/{wildcards.dataset}/{part}/{wildcards.classifier}/{wildcards.entry}/maps.h5"
+
+
+def wsol_seed_options(wildcards):
+    return cli_options(config["seeds"][wildcards.entry])
+
+
+def wsol_threshold(wildcards):
+    """calibrate for seeds entries; a weight_maps entry's box_threshold (the paper's max/10)."""
+    if wildcards.entry in WEIGHT_MAPS:
+        return str(WEIGHT_MAPS[wildcards.entry]["box_threshold"])
+    return "calibrate"
+
+
+def wsol_eval_inputs(wildcards):
+    inputs = {"maps": wsol_maps(wildcards, "wsol_evaluation"),
+              "manifest": wsol_manifest(wildcards, WSOL["evaluation_split"]),
+              "classifier": f"results/{wildcards.dataset}/classifier/{wildcards.classifier}/model.pt"}
+    if wsol_threshold(wildcards) == "calibrate":
+        inputs.update(calibration_maps=wsol_maps(wildcards, "wsol_calibration"),
+                      calibration_manifest=wsol_manifest(wildcards, WSOL["calibration_split"]))
+    return inputs
+
+
+def wsol_calibration_options(wildcards, input):
+    if "calibration_maps" not in input.keys():
+        return ""
+    return (f"--calibration-maps {shlex.quote(input.calibration_maps)} "
+            f"--calibration-manifest {shlex.quote(input.calibration_manifest)}")
+
+
+def weight_map_options(wildcards):
+    settings = WEIGHT_MAPS[wildcards.entry]
+    return cli_options({key: settings[key] for key in WEIGHT_MAP_TRAINING_KEYS if key in settings})
+
+
+def wsol_row_files(dataset):
+    return [f"results/{dataset}/eval/wsol/{e['classifier']}/{e['maps']}/summary_rows.csv" for e in WSOL_EXPERIMENTS]
+
+
 def has_segmentation(experiment):
     """Full supervision always; otherwise when asked for and pseudo masks exist to train on."""
     if experiment["seeds"] == FULL:
@@ -356,8 +424,9 @@ def summary_row_files():
         rows += saliency_row_files(dataset)
         rows += [
             f"results/{dataset}/classifier/{name}/summary_rows.csv"
-            for name in sorted({e["classifier"] for e in EXPERIMENTS})
+            for name in sorted({e["classifier"] for e in [*EXPERIMENTS, *WSOL_EXPERIMENTS]})
         ]
+        rows += wsol_row_files(dataset)
         for experiment in EXPERIMENTS:
             for stage in experiment_stages(experiment):
                 folder = f"results/{dataset}/eval/{stage}/{experiment['classifier']}/{experiment['seeds']}"
@@ -517,4 +586,16 @@ def report_files():
                 files.append(f"{folder}/sweep.png")
             png = f"results/{dataset}/segmentation/{experiment['classifier']}/{experiment['seeds']}"
             files += [f"{png}/png", f"{png}/png_crf"] if SEGMENTATION["crf"] else [f"{png}/png"]
+        if WSOL_EXPERIMENTS:
+            files.append(f"results/{dataset}/report/wsol_boxes.png")
+    return files
+
+
+def wsol_box_files(wildcards):
+    """Every WSOL experiment's boxes and evaluation maps, named classifier/maps (report_wsol_boxes)."""
+    files = {"manifest": wsol_manifest(wildcards, WSOL["evaluation_split"])}
+    for e in WSOL_EXPERIMENTS:
+        name = f"{e['classifier']}/{e['maps']}"
+        files[f"boxes {name}"] = f"results/{wildcards.dataset}/eval/wsol/{name}/boxes.csv"
+        files[f"maps {name}"] = f"results/{wildcards.dataset}/wsol_evaluation/{name}/maps.h5"
     return files

@@ -1,5 +1,6 @@
-# The merge of every sharded inference stage (seeds, affinity labels, random walk, segmentation):
-# a stage's shard files (rules seeds_shard, affinity_labels_shard, random_walk_shard, segment_shard)
+# The merge of every sharded inference stage (seeds, affinity labels, random walk, segmentation, and
+# the WSOL maps): a stage's shard files (rules seeds_shard, affinity_labels_shard, random_walk_shard,
+# segment_shard, wsol_seeds_shard, weight_maps_shard)
 # into one map file over the stage's split. Entries: seeds names, and `full` for segmentation.
 
 
@@ -10,7 +11,7 @@ rule merge_maps:
     output:
         "results/{dataset}/{map_stage}/{classifier}/{entry}/maps.h5",
     wildcard_constraints:
-        map_stage="|".join(MAP_STAGE_SPLITS),
+        map_stage="|".join([*MAP_STAGE_SPLITS, *WSOL_PARTS]),
     log:
         "logs/{dataset}/merge_{map_stage}_{classifier}_{entry}.log",
     benchmark:

@@ -98,3 +98,33 @@ def test_ordinary_classifier_is_named_where_read_and_never_circular() -> None:
 def test_puzzle_crop_must_split_into_mergeable_tiles() -> None:
     with pytest.raises(ConfigError, match=r"crop = 120: variant puzzle needs a crop divisible by 2 × output_stride = 16"):
         check_config(_with_variant("puzzle", crop=120), SCHEMA)
+
+
+def test_wsol_experiments_are_checked_before_any_job() -> None:
+    config = copy.deepcopy(CONFIG)
+    config["seeds"]["cam_c2am_h"]["method"] = "saliency_background"
+    config["wsol"]["experiments"] += [{"classifier": "cam_softmax", "maps": "cam_c2am_h"},
+                                      {"classifier": "nope", "maps": "cam"},
+                                      {"classifier": "cam_softmax", "maps": "missing"},
+                                      {"classifier": "cam_softmax", "maps": "cam"}]
+    config["weight_maps"]["unused"] = {}
+    config["classifiers"]["p_noc"]["loss"] = "softmax"
+    with pytest.raises(ConfigError) as error:
+        check_config(config, SCHEMA)
+    message = str(error.value)
+    first = len(CONFIG["wsol"]["experiments"])
+    assert (f"wsol.experiments[{first}].maps = 'cam_c2am_h': seeds of method saliency_background are not "
+            "computed") in message
+    assert f"wsol.experiments[{first + 1}].classifier = 'nope' is not a key of 'classifiers'" in message
+    assert f"wsol.experiments[{first + 2}].maps = 'missing' is neither a key of 'seeds'" in message
+    assert f"wsol.experiments[{first + 3}]: classifier 'cam_softmax' with maps 'cam' is listed twice" in message
+    assert "weight_maps.unused: no wsol.experiments entry names it" in message
+    assert "classifiers.p_noc.loss = softmax: the WSOL classifier is variant cam, not p_noc" in message
+    config = copy.deepcopy(CONFIG)
+    config["experiments"], config["wsol"]["experiments"], config["weight_maps"] = [], [], {}
+    with pytest.raises(ConfigError, match="experiments: empty, and wsol.experiments too: nothing to run"):
+        check_config(config, SCHEMA)
+    config = copy.deepcopy(CONFIG)
+    config["wsol"]["calibration_split"] = "val"
+    with pytest.raises(ConfigError, match="calibration_split and evaluation_split are the same split"):
+        check_config(config, SCHEMA)

@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from wsss_steps.data.adapters import Voc2012Dataset, VocLayoutDataset, build_manifest
-from wsss_steps.data.images import write_image, write_label_mask
+from wsss_steps.data.images import read_label_mask, write_image, write_label_mask
 from wsss_steps.data.manifest import DatasetError, read_manifest, validate_image_id, write_manifest
 from wsss_steps.prepare_data import main as prepare_data_main
 
@@ -139,3 +140,72 @@ def test_manifest_without_boxes_keeps_its_columns(tmp_path: Path) -> None:
     root = make_voc_layout(tmp_path / "ds", {"a1": "cat"})
     path = write_manifest(build_manifest(VocLayoutDataset(root), "train", True), tmp_path / "data")
     assert path.read_text().splitlines()[0] == "image_id,image,mask,labels,height,width,digest"
+
+
+def make_cub(root: Path, segmentations: bool = True) -> Path:
+    """A CUB-200-2011 tree in the official layout: 2 classes, 4 images (3 train, 1 test)."""
+
+    rows = [("1", "001.Black_footed_Albatross/Black_Footed_Albatross_0001_1.jpg", 1, 1, (3.0, 2.0, 10.0, 8.0)),
+            ("2", "001.Black_footed_Albatross/Black_Footed_Albatross_0002_2.jpg", 1, 0, (0.0, 0.0, 24.0, 20.0)),
+            ("3", "002.Laysan_Albatross/Laysan_Albatross_0003_3.jpg", 2, 1, (5.4, 4.6, 6.2, 6.0)),
+            ("4", "002.Laysan_Albatross/Laysan_Albatross_0004_4.jpg", 2, 1, (1.0, 1.0, 4.0, 4.0))]
+    (root / "images").mkdir(parents=True)
+    (root / "classes.txt").write_text("1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n")
+    (root / "images.txt").write_text("".join(f"{n} {p}\n" for n, p, *_ in rows))
+    (root / "image_class_labels.txt").write_text("".join(f"{n} {c}\n" for n, _, c, *_ in rows))
+    (root / "train_test_split.txt").write_text("".join(f"{n} {t}\n" for n, _, _, t, _ in rows))
+    (root / "bounding_boxes.txt").write_text("".join(f"{n} {' '.join(map(str, b))}\n" for n, *_, b in rows))
+    for _, relative, _, _, (x, y, w, h) in rows:
+        write_image(root / "images" / relative, np.full((20, 24, 3), 120, np.uint8))
+        if segmentations:
+            grey = np.zeros((20, 24), np.uint8)
+            grey[int(y):int(y + h), int(x):int(x + w)] = 200  # most annotators
+            grey[0, 0] = 100  # a minority: background
+            path = (root / "segmentations" / relative).with_suffix(".png")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(grey, mode="L").save(path)
+    return root
+
+
+def test_cub_layout_gives_classes_splits_boxes_and_converted_masks(tmp_path: Path) -> None:
+    from wsss_steps.data.adapters import CubDataset, open_dataset
+    from wsss_steps.data.manifest import Box
+
+    root = make_cub(tmp_path / "CUB_200_2011")
+    dataset = open_dataset({"kind": "cub", "root": str(root), "name": "cub"})
+    assert isinstance(dataset, CubDataset)
+    assert dataset.class_names == ("Black_footed_Albatross", "Laysan_Albatross")
+    assert dataset.split_ids("train") == ["Black_Footed_Albatross_0001_1", "Laysan_Albatross_0003_3",
+                                          "Laysan_Albatross_0004_4"]
+    assert dataset.split_ids("test") == ["Black_Footed_Albatross_0002_2"]
+    train = build_manifest(dataset, "train", require_masks=True, mask_dir=tmp_path / "masks")
+    first, third = train.records[0], train.records[1]
+    assert first.labels == (0,) and third.labels == (1,)
+    assert first.boxes == (Box(0, 3, 2, 12, 9),)  # x 3, width 10 → columns 3..12
+    assert third.boxes == (Box(1, 5, 5, 11, 10),)  # rounded: 5.4 → 5, 5.4 + 6.2 = 11.6 → 12, − 1
+    mask = read_label_mask(first.mask_path)
+    assert first.mask_path.parent == tmp_path / "masks"
+    assert mask[2:10, 3:13].min() == 1 and mask.sum() == 80 and mask[0, 0] == 0
+    assert read_label_mask(third.mask_path).max() == 2  # class index + 1
+    test = build_manifest(dataset, "test", require_masks=True, mask_dir=tmp_path / "masks")
+    assert test.records[0].boxes == (Box(0, 0, 0, 23, 19),)  # the whole 24 × 20 image
+    again = build_manifest(dataset, "train", require_masks=True, mask_dir=tmp_path / "masks")
+    assert again.content_digest() == train.content_digest()  # masks written once, same bytes
+    with pytest.raises(DatasetError, match="splits are train, test, not 'val'"):
+        dataset.split_ids("val")
+    no_masks = make_cub(tmp_path / "plain", segmentations=False)
+    plain = build_manifest(open_dataset({"kind": "cub", "root": str(no_masks), "name": "cub"}), "train",
+                           require_masks=False, mask_dir=tmp_path / "plain_masks")
+    assert all(r.mask_path is None for r in plain.records) and plain.records[0].boxes == first.boxes
+
+
+def test_cub_problems_name_the_file(tmp_path: Path) -> None:
+    from wsss_steps.data.adapters import CubDataset
+
+    root = make_cub(tmp_path / "cub")
+    (root / "image_class_labels.txt").write_text("1 1\n2 1\n3 2\n9 2\n")
+    with pytest.raises(DatasetError, match=r"image_class_labels.txt: image ids \['9'\] are not in images.txt"):
+        CubDataset(root)
+    (root / "image_class_labels.txt").write_text("1 1\n2 1\n3 2\n4 3\n")
+    with pytest.raises(DatasetError, match=r"class ids outside 1..2"):
+        CubDataset(root)

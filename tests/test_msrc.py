@@ -2,7 +2,8 @@
 
 Needs the MSRC-v2 copy at ../shared/data/msrc beside the checkout (the project never ships it; a
 user brings their own); skipped with a message where it is absent. The slice: 12 train and 6 val
-images (every 23rd / 17th), one epoch per training, AdvCAM with 3 steps."""
+images (every 23rd / 17th), one epoch per training (two for the weight map, whose choice reads every
+epoch), AdvCAM with 3 steps; the localisation experiments on the slice's single-class images."""
 
 from __future__ import annotations
 
@@ -39,8 +40,11 @@ def msrc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("msrc")
     config = yaml.safe_load((ROOT / "configs" / "msrc.yaml").read_text())
     config["dataset"]["root"] = str(msrc_slice(workdir / "msrc_slice"))
-    config["classifiers"]["lite0"]["epochs"] = 1
-    config["seeds"]["advcam"]["steps"] = 3
+    for name in ("lite0", "lite0_softmax"):
+        config["classifiers"][name]["epochs"] = 1
+    for name in ("advcam", "advcam_wsol"):
+        config["seeds"][name]["steps"] = 3
+    config["weight_maps"]["weight_map"]["epochs"] = 2
     for entry in config["saliency"].values():
         entry["epochs"] = 1
     config["relation"]["epochs"] = 1
@@ -69,8 +73,14 @@ def test_the_real_photo_configuration_runs_every_stage(msrc_run: Path) -> None:
     for method in ("c2am", "c2am_h", "refined", "cam_foreground"):
         assert 0.0 < saliency[(method, "fg_iou")] <= 1.0
     assert all(0.0 <= float(r["value"]) <= 1.0 for r in rows if r["metric"] == "miou")
-    classifier_map = [float(r["value"]) for r in rows if r["stage"] == "classifier" and r["metric"] == "map"]
+    classifier_map = [float(r["value"]) for r in rows if r["stage"] == "classifier" and r["metric"] == "map"
+                      and r["classifier"] == "lite0"]
     assert len(classifier_map) == 1 and classifier_map[0] > 0.2  # 14 classes, ImageNet features, 1 epoch
+    wsol = {(r["method"], r["metric"]): float(r["value"]) for r in rows if r["stage"] == "wsol"}
+    for maps in ("cam", "advcam_wsol", "weight_map"):  # the single-class images of the slice's val
+        assert 0.0 <= wsol[(maps, "gt_known_loc")] <= wsol[(maps, "maxboxacc")] <= 1.0
+        assert 0.0 < wsol[(maps, "pxap")] <= 1.0 and wsol[(maps, "num_images")] >= 1
+    assert wsol[("weight_map", "best_threshold")] == 0.1
     with (msrc_run / "results" / "msrc" / "data" / "train.csv").open() as handle:
         manifest = list(csv.DictReader(handle))
     assert len(manifest) == 12 and all(row["boxes"] for row in manifest)  # boxes.csv reached the manifest

@@ -142,29 +142,38 @@ def test_network_shapes_frozen_backbone_and_round_trip(tmp_path: Path) -> None:
 SIZE = 32
 
 
-def make_shapes_dataset(root: Path, count: int = 6) -> tuple[Path, Manifest]:
-    """Small images with a red square (class 0) and/or a blue disc (class 1); masks as labels."""
-    rng = np.random.default_rng(0)
+def make_shapes_dataset(root: Path, count: int = 6, size: int = SIZE, half: int = 6, val_count: int = 0,
+                        seed: int = 0) -> tuple[Path, Manifest]:
+    """Small images with a red square (class 0) and/or a blue disc (class 1) of half-width ``half``;
+    masks as labels, boxes.csv from the masks; the last ``val_count`` images form the val split."""
+    rng = np.random.default_rng(seed)
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "classes.txt").write_text("square\ndisc\n")
-    rows, ids = ["image_id,labels"], []
-    yy, xx = np.mgrid[:SIZE, :SIZE]
+    rows, box_rows, ids = ["image_id,labels"], ["image_id,class,x_min,y_min,x_max,y_max"], []
+    yy, xx = np.mgrid[:size, :size]
     for i in range(count):
-        image = rng.integers(90, 170, size=(SIZE, SIZE, 3)).astype(np.uint8)
-        mask = np.zeros((SIZE, SIZE), np.uint8)
+        image = rng.integers(90, 170, size=(size, size, 3)).astype(np.uint8)
+        mask = np.zeros((size, size), np.uint8)
         classes = [[0], [1], [0, 1]][i % 3]
+        image_id = f"img{i}"
         for c in classes:
-            cy, cx = rng.integers(8, SIZE - 8, size=2)
-            region = (abs(yy - cy) <= 6) & (abs(xx - cx) <= 6) if c == 0 else (yy - cy) ** 2 + (xx - cx) ** 2 <= 36
+            cy, cx = rng.integers(half + 2, size - half - 2, size=2)
+            region = ((abs(yy - cy) <= half) & (abs(xx - cx) <= half) if c == 0
+                      else (yy - cy) ** 2 + (xx - cx) ** 2 <= half ** 2)
             image[region] = (220, 30, 30) if c == 0 else (30, 40, 220)
             mask[region] = c + 1
-        image_id = f"img{i}"
+            ys, xs = np.nonzero(region)
+            box_rows.append(f"{image_id},{['square', 'disc'][c]},{xs.min()},{ys.min()},{xs.max()},{ys.max()}")
         write_image(root / "JPEGImages" / f"{image_id}.jpg", image)
         write_label_mask(root / "SegmentationClass" / f"{image_id}.png", mask)
         rows.append(f"{image_id},{' '.join(['square', 'disc'][c] for c in classes)}")
         ids.append(image_id)
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
-    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids) + "\n")
+    (root / "boxes.csv").write_text("\n".join(box_rows) + "\n")
+    splits = root / "ImageSets" / "Segmentation"
+    (splits / "train.txt").write_text("\n".join(ids[:count - val_count]) + "\n")
+    if val_count:
+        (splits / "val.txt").write_text("\n".join(ids[count - val_count:]) + "\n")
     manifest = build_manifest(VocLayoutDataset(root, name="shapes"), "train", require_masks=True)
     return write_manifest(manifest, root / "manifest"), manifest
 

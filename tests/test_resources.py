@@ -10,7 +10,7 @@ import pytest
 
 from .workflow_helpers import ROOT, snakemake, tiny_config, write_config
 
-GPU_RULES = {"train_classifier", "train_relation", "train_segmentation"}  # and AdvCAM's seed shards
+GPU_RULES = {"train_classifier", "train_relation", "train_segmentation", "train_weight_map"}  # and AdvCAM's shards
 
 
 def planned(workdir: Path, gpu_available: bool, shards: int) -> list[dict]:
@@ -18,7 +18,12 @@ def planned(workdir: Path, gpu_available: bool, shards: int) -> list[dict]:
     config = tiny_config(gpu_available=gpu_available, shards=shards,
                          seeds={"cam": {"method": "cam"}, "advcam": {"method": "advcam"}},
                          experiments=[{"classifier": "cam", "seeds": "cam"},
-                                      {"classifier": "cam", "seeds": "advcam", "pseudo_masks": False}])
+                                      {"classifier": "cam", "seeds": "advcam", "pseudo_masks": False}],
+                         classifiers={"cam": {"variant": "cam", "backbone": "small_resnet"},
+                                      "soft": {"variant": "cam", "backbone": "small_resnet", "loss": "softmax"}},
+                         weight_maps={"wm": {}},
+                         wsol={"experiments": [{"classifier": "soft", "maps": "advcam"},
+                                               {"classifier": "soft", "maps": "wm"}]})
     write_config(workdir, config)
     out = snakemake(workdir, "--profile", str(ROOT / "profiles/slurm"), "--dry-run").stdout
     jobs = []
@@ -42,7 +47,8 @@ def test_every_job_is_sized_and_gpus_follow_the_config(tmp_path: Path, gpu_avail
     for job in jobs:
         resources = job["resources"]
         assert int(resources["mem_mb"]) > 0 and int(resources["runtime"]) > 0, job
-        advcam = job["rule"] == "seeds_shard" and "seeds=advcam" in job["wildcards"]
+        advcam = (job["rule"] == "seeds_shard" and "seeds=advcam" in job["wildcards"]
+                  or job["rule"] == "wsol_seeds_shard" and "entry=advcam" in job["wildcards"])
         wants_gpu = gpu_available and (job["rule"] in GPU_RULES or advcam)
         assert int(resources.get("gpu", 0)) == int(wants_gpu), job
     # One job per shard for every inference stage and experiment, one merge of each stage's shards.
@@ -53,4 +59,7 @@ def test_every_job_is_sized_and_gpus_follow_the_config(tmp_path: Path, gpu_avail
     merged = {stage: sum(f"map_stage={stage}," in w for w in merges)
               for stage in ["seeds", "affinity_labels", "random_walk", "segmentation"]}
     assert merged == {"seeds": 2, "affinity_labels": 1, "random_walk": 1, "segmentation": 1}
-    assert len(merges) == 5
+    wsol = {stage: sum(f"map_stage={stage}," in w for w in merges) for stage in ["wsol_calibration", "wsol_evaluation"]}
+    assert wsol == {"wsol_calibration": 1, "wsol_evaluation": 2}  # the weight map's threshold is fixed
+    assert sum(job["rule"] == "wsol_seeds_shard" for job in jobs) == 6
+    assert len(merges) == 8

@@ -253,3 +253,41 @@ def test_saliency_entries_feed_seeds_affinity_labels_and_the_summary(tmp_path: P
         assert np.array_equal(derived[image_id]["cam"][()], base[image_id]["cam"][()])
         assert derived[image_id]["saliency"].shape == base[image_id]["cam"].shape[1:]
     assert (results / "report" / "seeds_precision_recall.png").stat().st_size > 0
+
+
+def test_wsol_experiments_score_cam_and_the_weight_map(tmp_path: Path) -> None:
+    """A softmax classifier on the WSOL images of a generated multi-object dataset, CAM maps with a
+    calibrated threshold and the weight map at max/10 → wsol rows, the report's boxes figure."""
+    config = tiny_config(
+        dataset={**TINY["dataset"], "generator": {**TINY["dataset"]["generator"], "num_train": 36, "num_val": 18}},
+        classifiers={**TINY["classifiers"],
+                     "soft": {**TINY["classifiers"]["cam"], "loss": "softmax", "lr": 0.01, "epochs": 3}},
+        seeds={"cam": {"method": "cam", "scales": [1.0]}},
+        weight_maps={"wm": {"pretrained": False, "epochs": 2, "batch_size": 4, "lr": 1.0e-3,
+                            "resize_long": [48, 80], "crop": 64}},
+        wsol={"experiments": [{"classifier": "soft", "maps": "cam"}, {"classifier": "soft", "maps": "wm"}]},
+        experiments=[])  # localisation only
+    write_config(tmp_path, config)
+    jobs = planned_jobs(tmp_path)
+    assert jobs["wsol_images"] == 2 and jobs["train_weight_map"] == 1 and jobs["evaluate_wsol"] == 2
+    assert jobs["wsol_seeds_shard"] == 4  # calibration and evaluation, 2 shards each
+    assert "seeds_shard" not in jobs and jobs["train_classifier"] == 1  # no WSSS experiment
+    assert jobs["weight_maps_shard"] == 2  # evaluation only: its threshold is fixed
+    snakemake(tmp_path, "--cores", "2")
+    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+    wsol = summary[summary.stage == "wsol"].set_index(["method", "metric"])["value"]
+    for method in ("cam", "wm"):
+        assert 0 <= wsol[(method, "gt_known_loc")] <= wsol[(method, "maxboxacc")] <= 1
+        assert 0 <= wsol[(method, "top1_loc")] <= wsol[(method, "gt_known_loc")]
+        assert 0 < wsol[(method, "pxap")] <= 1
+    assert wsol[("wm", "best_threshold")] == pytest.approx(0.1)
+    classifier = summary[(summary.stage == "classifier") & (summary.classifier == "soft")]
+    assert "top1_accuracy" in set(classifier.metric)
+    results = tmp_path / "results" / "tiny"
+    train_ids = pd.read_csv(results / "data" / "train.csv")
+    wsol_ids = pd.read_csv(results / "wsol_data" / "train.csv")
+    assert set(wsol_ids.image_id) == set(train_ids[~train_ids.labels.str.contains(" ")].image_id)
+    metrics = pd.read_csv(results / "weight_map" / "soft" / "wm" / "metrics.csv")
+    assert list(metrics.epoch) == [1, 2] and metrics.val_score.between(0, 1).all()
+    assert (results / "report" / "wsol_boxes.png").stat().st_size > 0
+    assert "Localisation" in (results / "report" / "stages.html").read_text()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 
 from wsss_steps.cli import setup_logging, step_parser
 from wsss_steps.data.adapters import DATASET_KINDS, build_manifest, open_dataset
@@ -50,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset = open_dataset({"kind": args.kind, "root": args.root, "name": args.name,
                             "labels_csv": args.labels_csv, "label_source": args.label_source})
     manifest = build_manifest(dataset, args.split, require_masks=args.require_masks,
-                              max_image_pixels=args.max_image_pixels)
+                              max_image_pixels=args.max_image_pixels, mask_dir=Path(args.out_dir) / "masks")
     path = write_manifest(manifest, args.out_dir)
     log.info("%s: %d images, %d classes → %s", args.split, len(manifest.records), manifest.num_classes, path)
     return 0

@@ -1,5 +1,5 @@
 """Figures and tables of the HTML report, one subcommand each: ``table``, ``sweep``,
-``precision-recall``, ``per-class``, ``gallery``.
+``precision-recall``, ``per-class``, ``gallery``, ``wsol-boxes``.
 
 What it computes, and why: `wsss_steps.report.figures`.
 
@@ -23,6 +23,7 @@ from wsss_steps.report.figures import (
     plot_sweep,
     render_gallery,
     render_table,
+    render_wsol_boxes,
 )
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     gallery.add_argument("--count", type=int, default=6, help="images shown (default: %(default)s)")
     gallery.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True)
     gallery.add_argument("--out", required=True, type=Path)
+    wsol = commands.add_parser("wsol-boxes", help="WSOL maps with ground-truth and predicted boxes (PNG)")
+    wsol.add_argument("--manifest", required=True, type=Path, help="the WSOL evaluation images")
+    wsol.add_argument("--boxes", required=True, nargs="+", metavar="NAME=CSV", help="evaluate_wsol --boxes files")
+    wsol.add_argument("--maps", required=True, nargs="+", metavar="NAME=H5", help="the same experiments' maps")
+    wsol.add_argument("--count", type=int, default=6, help="images shown (default: %(default)s)")
+    wsol.add_argument("--out", required=True, type=Path)
     return parser
 
 
@@ -75,6 +82,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         plot_precision_recall(_split_pairs(args.curve, "--curve"), args.out, args.title)
     elif args.command == "per-class":
         plot_per_class(_split_pairs(args.per_class, "--per-class"), args.out, args.title)
+    elif args.command == "wsol-boxes":
+        boxes, maps = _split_pairs(args.boxes, "--boxes"), _split_pairs(args.maps, "--maps")
+        if [name for name, _ in boxes] != [name for name, _ in maps]:
+            raise SystemExit("report_figures wsol-boxes: --boxes and --maps must name the same experiments in order")
+        render_wsol_boxes(args.manifest, boxes, maps, args.out, max(1, args.count))
     else:
         if args.count < 1:
             raise SystemExit(f"report_figures: --count must be ≥ 1, not {args.count}")

@@ -1,6 +1,7 @@
 """Trains a CAM classifier (METHODS §1; ``--variant``: `wsss_steps.training.classification`).
 
-Multi-label soft-margin loss on GAP logits; SGD with momentum 0.9, the 1×1 classifier head at
+Multi-label soft-margin loss on GAP logits (``--loss softmax``: cross-entropy over the image's one
+class, for WSOL); SGD with momentum 0.9, the 1×1 classifier head at
 ``--head-lr-mult`` × the learning rate, weight decay, poly decay (power 0.9) over all steps
 (IRN: lr_t = lr · (1 − t/T)^0.9, applied before step t). Augmentation: random resize of the long
 side, flip, normalisation, random crop (`wsss_steps.training.augment`).
@@ -47,6 +48,7 @@ from wsss_steps.training.classification import (
     ClassificationDataset,
     evaluate_classifier,
     format_metric,
+    require_single_label,
 )
 from wsss_steps.training.loop import (
     Trainee,
@@ -98,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                      "adversarially from it); its classes must be the manifest's")
     defaults = VariantSettings()
     variant = parser.add_argument_group("variant settings (METHODS §3; each variant reads its own)")
+    variant.add_argument("--loss", choices=("multilabel", "softmax"), default=defaults.loss,
+                         help="multi-label soft margin (WSSS) or softmax cross-entropy over the image's one "
+                         "class (WSOL; variant cam only) (default: %(default)s)")
     variant.add_argument("--label-smoothing", type=float, default=defaults.label_smoothing,
                          help="ε of every classification target: y(1 − ε) + ε/2 (+LS: 0.1; default: %(default)s)")
     variant.add_argument("--puzzle-alpha", type=float, default=defaults.puzzle_alpha,
@@ -164,6 +169,8 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
     if variant.puzzle and args.crop % (2 * args.output_stride):
         problems.append(f"--variant {args.variant}: --crop {args.crop} must be divisible by 2 × the output "
                         f"stride ({2 * args.output_stride}) so that the 2×2 tiles' CAMs merge into the image's")
+    if args.loss == "softmax" and args.variant != "cam":
+        problems.append(f"--loss softmax is for the variant cam (WSOL), not {args.variant}")
     if not 0 <= args.label_smoothing < 1:
         problems.append(f"--label-smoothing must be in [0, 1), not {args.label_smoothing}")
     if args.noc_every < 1:
@@ -174,7 +181,7 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
 
 def variant_settings(args: argparse.Namespace) -> VariantSettings:
     return VariantSettings(
-        label_smoothing=args.label_smoothing, puzzle_alpha=args.puzzle_alpha, puzzle_ramp=args.puzzle_ramp,
+        loss=args.loss, label_smoothing=args.label_smoothing, puzzle_alpha=args.puzzle_alpha, puzzle_ramp=args.puzzle_ramp,
         cse_lambda=tuple(args.cse_lambda), cse_mask_norm=args.cse_mask_norm, noc_every=args.noc_every,
         noc_delta=args.noc_delta, noc_lambda=tuple(args.noc_lambda), noc_mask=args.noc_mask)
 
@@ -207,6 +214,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     val_manifest = read_manifest(args.val_manifest, args.dataset) if args.val_manifest else None
     if val_manifest is not None and val_manifest.class_names != train_manifest.class_names:
         raise SystemExit(f"train_classifier: the class lists of {args.manifest} and {args.val_manifest} differ")
+    if args.loss == "softmax":
+        try:
+            for manifest_path, split in ((args.manifest, train_manifest), (args.val_manifest, val_manifest)):
+                if split is not None:
+                    require_single_label(split, f"train_classifier --loss softmax, {manifest_path}")
+        except ValueError as error:
+            raise SystemExit(str(error)) from error
     ordinary = ordinary_meta = None
     if args.ordinary is not None:
         ordinary, ordinary_meta = load_classifier(args.ordinary, device)
@@ -255,14 +269,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def validate(epoch: int) -> dict[str, Any]:
         model.eval()
-        result = evaluate_classifier(model, val_set, device, args.batch_size, args.num_workers)
-        return {"val_loss": format_metric(result["loss"]), "val_map": format_metric(result["map"]),
-                "result": result}
+        result = evaluate_classifier(model, val_set, device, args.batch_size, args.num_workers, args.loss)
+        row = {"val_loss": format_metric(result["loss"]), "val_map": format_metric(result["map"]),
+               "result": result}
+        if "top1" in result:
+            row["val_top1"] = format_metric(result["top1"])
+        return row
 
     trainee = Trainee(model, optimizer, base_lrs, train_set, step, train_mode=lambda: train_mode_of(model),
                       validate=validate if val_set is not None else None, extra_state=variant.extra_state(),
                       after_step=lambda global_step: variant.after_step(global_step, total_steps))
-    columns = list(METRIC_COLUMNS[:-1])
+    columns = list(METRIC_COLUMNS[:-1]) + (["val_top1"] if args.loss == "softmax" else [])
     for flag, names in VARIANT_COLUMNS.items():
         if getattr(variant_class, flag):
             columns += [name for name in names if name not in columns]
@@ -274,9 +291,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     model.eval()
     last_eval = outcome.validation["result"] if outcome.validation is not None else None
     if val_set is not None and last_eval is None:  # resumed after the last epoch
-        last_eval = evaluate_classifier(model, val_set, device, args.batch_size, args.num_workers)
+        last_eval = evaluate_classifier(model, val_set, device, args.batch_size, args.num_workers, args.loss)
     meta = {
-        "variant": args.variant, "class_names": list(train_manifest.class_names),
+        "variant": args.variant, "loss": args.loss, "class_names": list(train_manifest.class_names),
         "dataset": dataset_name, "name": args.name, "training": settings, "epochs_trained": args.epochs,
         "val_map": last_eval["map"] if last_eval is not None else None,
         "settings_hash": outcome.settings_hash,
@@ -284,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     save_classifier(args.out, model.cpu(), meta)
     if args.summary and last_eval is not None:
         rows = [{"metric": "map", "value": format_metric(last_eval["map"])}]
+        if "top1" in last_eval:
+            rows.append({"metric": "top1_accuracy", "value": format_metric(last_eval["top1"])})
         # A class without a positive val image has no AP (NaN): no row, rather than an empty value.
         rows += [{"metric": f"ap/{name}", "value": format_metric(float(ap))}
                  for name, ap in zip(train_manifest.class_names, last_eval["ap"], strict=True)

@@ -11,6 +11,13 @@ Layouts:
 - ``voc2012``: a ``VOCdevkit/VOC2012`` folder; masks from ``SegmentationClassAug/`` (SBD converted,
   as IRN and AdvCAM use) or ``SegmentationClass/``; image-level labels from the masks (as IRN's
   ``make_cls_labels``) or from ``Annotations/*.xml``.
+- ``cub``: CUB-200-2011 as distributed (``images.txt``, ``image_class_labels.txt``,
+  ``train_test_split.txt``, ``bounding_boxes.txt``, ``classes.txt``, ``images/``, optional
+  ``segmentations/``); splits ``train`` and ``test``; one class and one box per image.
+
+An adapter whose masks are not label PNGs (CUB's soft segmentations) has ``converts_masks`` and a
+``label_mask(image_id)``: `build_manifest` writes the converted masks once under its ``mask_dir``
+(the dataset's results, never the user's data folder) and records those files.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from wsss_steps.data.images import (
     check_image_bytes,
     content_digest,
     read_label_mask,
+    write_label_mask,
 )
 from wsss_steps.data.manifest import (
     MAX_LISTED_PROBLEMS,
@@ -259,6 +267,99 @@ class Voc2012Dataset:
         return tuple(int(v) - 1 for v in values if v not in (0, IGNORE_LABEL))
 
 
+class CubDataset:
+    """CUB-200-2011 in its official layout (WSOL: one bird, one class, one box per image).
+
+    Ids are the image files' stems (unique in CUB). Boxes: ``bounding_boxes.txt`` gives x, y,
+    width, height in pixels; the inclusive box is (x, y, x + width − 1, y + height − 1), rounded and
+    clipped to the image. Masks, where ``segmentations/`` exists: the averaged annotations (grey
+    0–255) as foreground where above 127 (most annotators), written as label PNGs (class + 1).
+    """
+
+    converts_masks = True
+    SPLITS = {"train": "1", "test": "0"}
+
+    def __init__(self, root: str | Path, name: str = "cub"):
+        self.root = Path(root)
+        self.name = name
+        if not self.root.is_dir():
+            raise DatasetError(f"dataset {name!r}: CUB-200-2011 folder not found: {self.root}")
+        self.class_names = tuple(line.split(maxsplit=1)[1].split(".", 1)[-1] for line in self._lines("classes.txt"))
+        paths = dict(self._pairs("images.txt"))
+        self._ids: dict[str, str] = {}  # CUB's numeric id → our id (the file stem)
+        self._paths: dict[str, str] = {}
+        for number, relative in paths.items():
+            image_id = validate_image_id(Path(relative).stem, str(self.root / "images.txt"))
+            if image_id in self._paths:
+                raise DatasetError(f"{self.root / 'images.txt'}: two images named {image_id!r}")
+            self._ids[number], self._paths[image_id] = image_id, relative
+        self._labels = {self._ids[n]: int(c) - 1 for n, c in self._pairs("image_class_labels.txt")}
+        self._split = {self._ids[n]: flag for n, flag in self._pairs("train_test_split.txt")}
+        self._boxes: dict[str, tuple[float, ...]] = {}
+        for line in self._lines("bounding_boxes.txt"):
+            number, *values = line.split()
+            if len(values) != 4:
+                raise DatasetError(f"{self.root / 'bounding_boxes.txt'}: bad line {line!r} (need id x y width height)")
+            self._boxes[self._ids[number]] = tuple(float(v) for v in values)
+        bad = [i for i, c in self._labels.items() if not 0 <= c < len(self.class_names)]
+        if bad:
+            raise DatasetError(f"{self.root / 'image_class_labels.txt'}: class ids outside 1..{len(self.class_names)} "
+                               f"for {bad[:5]}")
+
+    def _lines(self, name: str) -> list[str]:
+        return read_lines(self.root / name)
+
+    def _pairs(self, name: str) -> list[tuple[str, str]]:
+        pairs = []
+        for line in self._lines(name):
+            parts = line.split()
+            if len(parts) != 2:
+                raise DatasetError(f"{self.root / name}: bad line {line!r} (need two fields)")
+            pairs.append((parts[0], parts[1]))
+        unknown = [n for n, _ in pairs if name != "images.txt" and n not in self._ids]
+        if unknown:
+            raise DatasetError(f"{self.root / name}: image ids {unknown[:5]} are not in images.txt")
+        return pairs
+
+    def split_ids(self, split: str) -> list[str]:
+        if split not in self.SPLITS:
+            raise DatasetError(f"dataset {self.name!r} (CUB): splits are {', '.join(self.SPLITS)}, not {split!r}")
+        ids = [i for i in self._paths if self._split.get(i) == self.SPLITS[split]]
+        if not ids:
+            raise DatasetError(f"dataset {self.name!r}: no image of split {split!r} in train_test_split.txt")
+        return ids
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "images" / self._paths[image_id]
+
+    def mask_path(self, image_id: str) -> Path | None:
+        path = (self.root / "segmentations" / self._paths[image_id]).with_suffix(".png")
+        return path if path.is_file() else None
+
+    def label_mask(self, image_id: str) -> np.ndarray | None:
+        path = self.mask_path(image_id)
+        if path is None:
+            return None
+        grey = read_label_mask(path)
+        return np.where(grey > 127, self._labels[image_id] + 1, 0).astype(np.uint8)
+
+    def labels(self, image_id: str) -> tuple[int, ...]:
+        if image_id not in self._labels:
+            raise DatasetError(f"image {image_id!r} has no line in {self.root / 'image_class_labels.txt'}")
+        return (self._labels[image_id],)
+
+    def boxes(self, image_id: str) -> tuple[Box, ...]:
+        if image_id not in self._boxes:
+            return ()
+        x, y, width, height = self._boxes[image_id]
+        return (Box(self._labels[image_id], round(x), round(y), round(x + width) - 1, round(y + height) - 1),)
+
+    def source_files(self, split: str) -> list[Path]:
+        files = [self.root / name for name in ("classes.txt", "images.txt", "image_class_labels.txt",
+                                                "train_test_split.txt", "bounding_boxes.txt")]
+        return files + _image_and_mask_files(self, split)
+
+
 # Adapters by `dataset.kind`: a factory taking the dataset's config section. The schema's enum of
 # dataset.kind equals these names (tests/test_config.py).
 DATASET_KINDS: dict[str, Callable[[Mapping[str, Any]], DatasetAdapter]] = {}
@@ -281,6 +382,11 @@ def _voc_layout(config: Mapping[str, Any]) -> DatasetAdapter:
                             class_names=config.get("classes"))
 
 
+@register_kind("cub")
+def _cub(config: Mapping[str, Any]) -> DatasetAdapter:
+    return CubDataset(config["root"], name=config["name"])
+
+
 @register_kind("voc2012")
 def _voc2012(config: Mapping[str, Any]) -> DatasetAdapter:
     return Voc2012Dataset(config["root"], name=config["name"], label_source=config.get("label_source", "masks"))
@@ -294,15 +400,37 @@ def open_dataset(config: Mapping[str, Any]) -> DatasetAdapter:
     return DATASET_KINDS[kind](config)
 
 
+def _write_converted_mask(dataset: Any, image_id: str, mask_dir: Path) -> Path:
+    """The adapter's label mask of an image as a PNG in ``mask_dir`` (atomically; rewritten only
+    when its content differs, so the manifest's digests stay put on a rerun)."""
+    mask = dataset.label_mask(image_id)
+    path = Path(mask_dir) / f"{image_id}.png"
+    if path.is_file():
+        try:
+            if np.array_equal(read_label_mask(path), mask):
+                return path
+        except ValueError:
+            pass
+    tmp = path.with_name(f".{image_id}.tmp.png")
+    write_label_mask(tmp, mask)
+    tmp.replace(path)
+    return path
+
+
 def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
-                   decode: bool = True, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Manifest:
+                   decode: bool = True, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                   mask_dir: Path | None = None) -> Manifest:
     """Checks every image of a split and returns its manifest.
 
     All problems are collected and raised together (up to a limit), each naming its file or id, so
     one run shows what to fix. ``decode`` decodes every image in full (damaged or truncated files,
     images above ``max_image_pixels``) and mask (sizes, values), and records the digest of their
-    bytes (the manifest's content identity).
+    bytes (the manifest's content identity). An adapter that ``converts_masks`` has its masks
+    written as label PNGs into ``mask_dir`` (required then), and those are the records' masks.
     """
+    converts = bool(getattr(dataset, "converts_masks", False))
+    if converts and decode and mask_dir is None:
+        raise ValueError(f"dataset {dataset.name!r}: its masks are converted; build_manifest needs a mask_dir")
     problems: list[str] = []
     manifest = Manifest(dataset.name, split, dataset.class_names)
     num_classes = len(dataset.class_names)
@@ -315,6 +443,9 @@ def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
             if not image_path.is_file():
                 raise DatasetError(f"image {image_id!r}: file not found: {image_path}")
             mask_path = dataset.mask_path(image_id)
+            if converts and decode and mask_path is not None:
+                assert mask_dir is not None
+                mask_path = _write_converted_mask(dataset, image_id, mask_dir)
             if mask_path is None and require_masks:
                 raise DatasetError(f"image {image_id!r}: no ground-truth mask for split {split!r}")
             height = width = 0
@@ -333,6 +464,9 @@ def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
                         )
                 digest = content_digest(image_bytes, mask_path.read_bytes() if mask_path else None)
             boxes = dataset.boxes(image_id)
+            if converts and decode:  # rounded float boxes may pass the border by a pixel
+                boxes = tuple(b._replace(x_max=min(b.x_max, width - 1), y_max=min(b.y_max, height - 1))
+                              for b in boxes)
             outside = [b for b in boxes if decode and (b.x_max >= width or b.y_max >= height)]
             if outside:
                 raise DatasetError(f"image {image_id!r}: box {tuple(outside[0])[1:]} lies outside the "

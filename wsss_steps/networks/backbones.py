@@ -65,13 +65,14 @@ class Backbone(nn.Module):
 
 def build_backbone(name: str, weights: str | Path | None, output_stride: int,
                    pretrained: bool) -> Backbone:
-    """The backbone ``name`` with the given output stride (8 or 16).
+    """The backbone ``name`` with the given output stride (8 or 16; efficientnet_lite0 also 32, undilated).
 
     ``weights``: a local state-dict file for the pretrained weights (resnets: else the torchvision
     cache; efficientnet_lite0: else the file shipped with its package). Ignored when
     ``pretrained`` is false. ``small_resnet`` has no pretrained weights.
     """
-    if output_stride not in OUTPUT_STRIDES:
+    if output_stride not in OUTPUT_STRIDES and not (output_stride == 32 and name == "efficientnet_lite0"):
+        # 32 (no dilation): encoders of networks that upsample every stage back (the weight map's U-Net)
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, not {output_stride}")
     if not pretrained and weights:
         log.warning("backbone %s: pretrained is false, so the weights file %s is not used", name, weights)
@@ -306,7 +307,7 @@ def _efficientnet_lite0(weights: str | Path | None, output_stride: int, pretrain
     # becomes dilation: the formerly strided block keeps the previous dilation, the later ones
     # double it (as torchvision's replace_stride_with_dilation).
     dilation = 1
-    strided_stages = {5} if output_stride == 16 else {3, 5}
+    strided_stages = {32: set(), 16: {5}, 8: {3, 5}}[output_stride]
     for stage_index, group in enumerate(groups):
         if stage_index in strided_stages:
             _dilate_depthwise(group[0], dilation, remove_stride=True)

@@ -9,6 +9,8 @@
 - ``per-class``: per-class IoU bars of several stages (``per_class.csv`` files); PNG.
 - ``gallery``: for a few training images, overlays of the ground truth, the seeds (at their best
   threshold), the pseudo mask and the segmentation network's prediction (+dCRF); PNG.
+- ``wsol-boxes``: for a few WSOL evaluation images, each experiment's map with the ground-truth and
+  predicted boxes; PNG. The ``table`` page also lists the ``wsol`` rows' scores.
 """
 from __future__ import annotations
 
@@ -104,11 +106,80 @@ def render_table(summary_path: Path) -> str:
         "<p>Seeds: best background threshold of the sweep. Pseudo masks: the random walk at its threshold "
         "(sweep best) and after dCRF. Segmentation: the network trained on the pseudo masks (or the ground "
         "truth for full supervision), multi-scale + flip inference, and after DeepLab's dCRF.</p>"
-        "</body></html>")
+        + wsol_table(rows) + "</body></html>")
 
 
 # ---------------------------------------------------------------------------------------------
 # Plots
+
+
+WSOL_METRICS = (("gt_known_loc", "GT-known Loc"), ("top1_loc", "Top-1 Loc"), ("maxboxacc", "MaxBoxAcc"),
+                ("maxboxacc_v2", "MaxBoxAccV2"), ("pxap", "PxAP"), ("best_threshold", "threshold"))
+
+
+def wsol_table(summary_rows: Sequence[dict[str, str]]) -> str:
+    """The HTML table of the ``wsol`` rows (scores in %), or '' without any."""
+    table: dict[tuple[str, str], dict[str, float]] = {}
+    for row in summary_rows:
+        if row["stage"] == "wsol":
+            table.setdefault((row["classifier"], row["method"]), {})[row["metric"]] = float(row["value"])
+    if not table:
+        return ""
+    split = next(row["split"] for row in summary_rows if row["stage"] == "wsol")
+    head = "".join(f"<th>{title}</th>" for _, title in WSOL_METRICS)
+    body = ""
+    for (classifier, method), scores in table.items():
+        cells = "".join(
+            "<td>–</td>" if key not in scores else
+            f"<td>{scores[key]:.2f}</td>" if key == "best_threshold" else f"<td>{100 * scores[key]:.1f}</td>"
+            for key, _ in WSOL_METRICS)
+        body += f"<tr><td>{html.escape(classifier)} / {html.escape(method)}</td>{cells}</tr>"
+    return (f"<h3>Localisation (%), {html.escape(split)} split's WSOL images</h3><table><thead><tr>"
+            f"<th>classifier / maps</th>{head}</tr></thead><tbody>{body}</tbody></table>")
+
+
+def render_wsol_boxes(manifest_path: Path, boxes: Sequence[tuple[str, Path]], maps: Sequence[tuple[str, Path]],
+                      out: Path, count: int) -> list[str]:
+    """One row per image, one panel per experiment: its map (heat overlay), ground-truth boxes
+    (green) and predicted box (red) with the IoU. Returns the image ids shown."""
+    manifest = read_manifest(manifest_path)
+    ids = spread_ids(manifest.ids, count)
+    map_files = dict(maps)
+    predicted = {name: {row["image_id"]: row for row in _read_csv(path)} for name, path in boxes}
+    readers = {name: MapReader(map_files[name]) for name, _ in boxes}
+    rows = []
+    try:
+        for image_id in ids:
+            record = manifest.record(image_id)
+            image = read_image(record.image_path)
+            zoom = max(1, -(-GALLERY_PANEL // image.shape[0]))
+            panels = []
+            for name, _ in boxes:
+                data = readers[name].read(image_id)
+                if "weight_map" in data:
+                    score_map = np.asarray(data["weight_map"], np.float32)
+                else:
+                    keys = np.asarray(data["keys"]).reshape(-1).tolist()
+                    score_map = np.asarray(data["cam"][keys.index(record.labels[0])], np.float32)
+                heat = cv2.applyColorMap(np.clip(score_map / max(float(score_map.max()), 1e-8) * 255, 0, 255)
+                                         .astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1]
+                panel = (0.5 * image + 0.5 * heat).astype(np.uint8)
+                panel = cv2.resize(panel, None, fx=zoom, fy=zoom, interpolation=cv2.INTER_NEAREST)
+                for box in record.boxes:
+                    if box.label == record.labels[0]:
+                        cv2.rectangle(panel, (box.x_min * zoom, box.y_min * zoom),
+                                      (box.x_max * zoom + zoom - 1, box.y_max * zoom + zoom - 1), (0, 255, 0), 2)
+                row = predicted[name][image_id]
+                x0, y0, x1, y1 = (int(row[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
+                cv2.rectangle(panel, (x0 * zoom, y0 * zoom), (x1 * zoom + zoom - 1, y1 * zoom + zoom - 1),
+                              (255, 0, 0), 2)
+                panels.append(titled_panel(panel, f"{name} IoU {float(row['iou']):.2f}"))
+            rows.append(_side_by_side(panels))
+    finally:
+        for reader in readers.values():
+            reader.close()
+    write_image(out, _stacked(rows))
+    return ids
 
 
 def _pyplot():
@@ -233,6 +304,20 @@ def best_threshold(rows_path: Path) -> float:
     raise ValueError(f"report_figures: {rows_path} has no best_threshold row")
 
 
+def _side_by_side(panels: Sequence[np.ndarray]) -> np.ndarray:
+    """Panels resized to the tallest one's height, left to right."""
+    height = max(p.shape[0] for p in panels)
+    return np.concatenate([cv2.resize(p, (round(p.shape[1] * height / p.shape[0]), height))
+                           if p.shape[0] != height else p for p in panels], axis=1)
+
+
+def _stacked(rows: Sequence[np.ndarray]) -> np.ndarray:
+    """Rows top to bottom on a white sheet, 4 px apart."""
+    width = max(r.shape[1] for r in rows)
+    return np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255)
+                           for r in rows], axis=0)
+
+
 def render_gallery(manifest_path: Path, predictions: Path, out: Path, count: int, seeds: Path | None = None,
                    seeds_rows: Path | None = None, pseudo_masks: Path | None = None,
                    crf: bool = True) -> list[str]:
@@ -280,16 +365,10 @@ def render_gallery(manifest_path: Path, predictions: Path, out: Path, count: int
             panels.append(titled(label_overlay(image, prediction["mask"]), "prediction"))
             if crf:
                 panels.append(titled(label_overlay(image, prediction["mask_crf"]), "prediction +CRF"))
-            height = max(p.shape[0] for p in panels)
-            panels = [cv2.resize(p, (round(p.shape[1] * height / p.shape[0]), height)) if p.shape[0] != height
-                      else p for p in panels]
-            rows.append(np.concatenate(panels, axis=1))
+            rows.append(_side_by_side(panels))
     finally:
         for reader in (seed_reader, mask_reader, prediction_reader):
             if reader is not None:
                 reader.close()
-    width = max(r.shape[1] for r in rows)
-    sheet = np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0)), constant_values=255)
-                            for r in rows], axis=0)
-    write_image(out, sheet)
+    write_image(out, _stacked(rows))
     return ids

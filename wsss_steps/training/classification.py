@@ -77,14 +77,30 @@ def predict_logits(model: CamClassifier, dataset: ClassificationDataset, device:
 
 
 def evaluate_classifier(model: CamClassifier, dataset: ClassificationDataset, device: torch.device,
-             batch_size: int, num_workers: int = 0) -> dict[str, Any]:
-    """Validation loss, mAP and per-class AP (NaN for classes without a positive image)."""
+             batch_size: int, num_workers: int = 0, loss: str = "multilabel") -> dict[str, Any]:
+    """Validation loss, mAP and per-class AP (NaN for classes without a positive image); with
+    ``loss`` softmax (one class per image) the cross-entropy and the top-1 accuracy."""
 
     logits = predict_logits(model, dataset, device, batch_size, num_workers)
     targets = dataset.labels
-    loss = F.multilabel_soft_margin_loss(torch.from_numpy(logits), torch.from_numpy(targets)).item()
-    return {"loss": loss, "map": mean_average_precision(logits, targets),
-            "ap": average_precision_per_class(logits, targets)}
+    result: dict[str, Any] = {"map": mean_average_precision(logits, targets),
+                              "ap": average_precision_per_class(logits, targets)}
+    if loss == "softmax":
+        classes = targets.argmax(axis=1)
+        result["loss"] = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(classes)).item()
+        result["top1"] = float(np.mean(logits.argmax(axis=1) == classes))
+    else:
+        result["loss"] = F.multilabel_soft_margin_loss(torch.from_numpy(logits), torch.from_numpy(targets)).item()
+    return result
+
+
+def require_single_label(manifest: Manifest, what: str) -> None:
+    """Refuses a manifest with an image of more than one class (a softmax classifier's data)."""
+    several = [r.image_id for r in manifest.records if len(r.labels) != 1]
+    if several:
+        raise ValueError(f"{what}: {len(several)} image(s) of split {manifest.split!r} have more than one class "
+                         f"(first: {several[:5]}); a softmax classifier needs one class per image (the WSOL "
+                         "images: see wsol.images)")
 
 
 def format_metric(value: float | None) -> str:

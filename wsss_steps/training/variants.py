@@ -9,7 +9,8 @@ trained after each of f's steps; never a loop: the loop is `wsss_steps.training.
 
 The terms, with ℓ the multi-label soft-margin loss and ȳ the (optionally smoothed) labels:
 
-- CAM: ℓ(p, ȳ);
+- CAM: ℓ(p, ȳ); with ``loss: softmax`` (WSOL, METHODS §1) the softmax cross-entropy of the
+  image's one class instead (CAM only: the other variants' terms are multi-label);
 - Puzzle-CAM adds ℓ(p^re, ȳ) + α ‖A − A^re‖₁, A^re the tile CAMs merged back in place, the L1
   mean over the positive classes' channels (zeros elsewhere, as Puzzle-CAM's "masking" re-loss);
   α rises linearly 0 → 4 over the first half of training;
@@ -49,6 +50,7 @@ class VariantSettings:
     """The settings of every variant (each variant's `settings_used` names the ones it reads)."""
 
     label_smoothing: float = 0.0
+    loss: str = "multilabel"         # multilabel (soft margin, WSSS) | softmax (cross-entropy, WSOL)
     puzzle_alpha: float = 4.0        # α at the end of its ramp
     puzzle_ramp: float = 0.5         # fraction of training over which α rises from 0
     cse_lambda: tuple[float, float] = (0.3, 1.0)   # λ_cse from, to (linear over training)
@@ -99,6 +101,8 @@ class ClassifierVariant:
     def settings_used(cls, settings: VariantSettings) -> dict[str, Any]:
         """The settings that shape this variant's weights (the checkpoint's identity)."""
         names = ["label_smoothing"]
+        if settings.loss != "multilabel":  # the key appears only off its default: earlier models keep their identity
+            names.append("loss")
         if cls.puzzle:
             names += ["puzzle_alpha", "puzzle_ramp"]
         if cls.cse:
@@ -121,8 +125,12 @@ class ClassifierVariant:
     def loss(self, model: CamClassifier, images: torch.Tensor, labels: torch.Tensor, step: int,
              total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
         s = self.settings
-        targets = smooth_labels(labels, s.label_smoothing)
         logits, cams = model.forward_with_cams(images)
+        if s.loss == "softmax":
+            # WSOL (METHODS §1): one class per image; ε spreads over the C classes as in torch.
+            class_loss = F.cross_entropy(logits, labels.argmax(dim=1), label_smoothing=s.label_smoothing)
+            return class_loss, {}
+        targets = smooth_labels(labels, s.label_smoothing)
         class_loss = F.multilabel_soft_margin_loss(logits, targets)
         loss = class_loss
         parts: dict[str, float] = {}

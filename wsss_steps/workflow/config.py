@@ -80,6 +80,7 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
         problems.append(f"seeds.{FULL_SUPERVISION}: the name {FULL_SUPERVISION!r} is reserved for the "
                         "fully supervised experiment (ground-truth masks); rename it")
     problems += check_saliency(config)
+    problems += check_wsol(config)
     for section in ("affinity", "random_walk"):
         for name in (config.get(section) or {}).get("per_seeds") or {}:
             if name not in config.get("seeds", {}):
@@ -192,6 +193,50 @@ def check_saliency(config: Mapping[str, Any]) -> list[str]:
 
 # Classifier variants by what they need (equal to the registry's flags: tests/test_structure.py);
 # the Snakefile checks the config without importing torch.
+WSOL_SEED_METHODS = frozenset({"cam", "advcam"})  # seeds methods a WSOL experiment computes on its images
+
+
+def check_wsol(config: Mapping[str, Any]) -> list[str]:
+    """WSOL experiments name a classifiers entry and a seeds entry of method cam/advcam or a
+    weight_maps entry (never a name of both sections), once each; weight_maps entries are used."""
+    wsol = config.get("wsol") or {}
+    seeds, weight_maps = config.get("seeds") or {}, config.get("weight_maps") or {}
+    classifiers = config.get("classifiers") or {}
+    problems = [f"weight_maps.{name}: also a key of 'seeds'; a WSOL experiment's maps: names one of them"
+                for name in weight_maps if name in seeds]
+    seen: dict[tuple[Any, Any], int] = {}
+    used = set()
+    for index, experiment in enumerate(wsol.get("experiments") or []):
+        where = f"wsol.experiments[{index}]"
+        classifier, maps = experiment.get("classifier"), experiment.get("maps")
+        pair = (classifier, maps)
+        if pair in seen:
+            problems.append(f"{where}: classifier {classifier!r} with maps {maps!r} is listed twice "
+                            f"(also wsol.experiments[{seen[pair]}])")
+        seen.setdefault(pair, index)
+        if classifier not in classifiers:
+            problems.append(f"{where}.classifier = {classifier!r} is not a key of 'classifiers' "
+                            f"(configured: {', '.join(classifiers)})")
+        if maps in weight_maps:
+            used.add(maps)
+        elif maps in seeds:
+            method = (seeds[maps] or {}).get("method")
+            if method not in WSOL_SEED_METHODS:
+                problems.append(f"{where}.maps = {maps!r}: seeds of method {method} are not computed on the WSOL "
+                                f"images; use an entry of method {' or '.join(sorted(WSOL_SEED_METHODS))}")
+        else:
+            problems.append(f"{where}.maps = {maps!r} is neither a key of 'seeds' ({', '.join(seeds)}) nor of "
+                            f"'weight_maps' ({', '.join(weight_maps) or 'none configured'})")
+    problems += [f"weight_maps.{name}: no wsol.experiments entry names it (maps: {name}), so it would "
+                 "never be trained" for name in weight_maps if name not in used]
+    if not config.get("experiments") and not wsol.get("experiments"):
+        problems.append("experiments: empty, and wsol.experiments too: nothing to run")
+    if wsol.get("experiments") and wsol.get("calibration_split", "train") == wsol.get("evaluation_split", "val"):
+        problems.append("wsol: calibration_split and evaluation_split are the same split; the box threshold "
+                        "must be chosen on other images than the ones it is scored on")
+    return problems
+
+
 ORDINARY_VARIANTS = frozenset({"oc_cse", "p_oc", "p_noc"})
 PUZZLE_VARIANTS = frozenset({"puzzle", "p_oc", "p_noc"})
 
@@ -221,6 +266,9 @@ def check_classifiers(config: Mapping[str, Any]) -> list[str]:
             if current is not None and current in chain:
                 problems.append(f"classifiers.{name}.ordinary: the chain {' → '.join([*chain, current])} "
                                 "is a cycle")
+        if settings.get("loss") == "softmax" and variant != "cam":
+            problems.append(f"classifiers.{name}.loss = softmax: the WSOL classifier is variant cam, not {variant} "
+                            "(the other variants' terms are multi-label)")
         stride, crop = settings.get("output_stride", 16), settings.get("crop", 512)
         if variant in PUZZLE_VARIANTS and isinstance(crop, int) and isinstance(stride, int) and crop % (2 * stride):
             problems.append(f"classifiers.{name}.crop = {crop}: variant {variant} needs a crop divisible by "

@@ -1,0 +1,208 @@
+"""Trains the weight-map generator g (METHODS §8, method I; `wsss_steps.methods.weight_map`) against
+a frozen classifier f and keeps the epoch the early-stopping score S chooses.
+
+Loss CE(f(I), f(I ⊙ g(I))) + λ‖g(I)‖₁ (λ = ``--l1-weight``, 1 in the paper). g is saved every epoch
+(``epoch-NNN.pt`` in ``--checkpoint-dir``, required); after each epoch the maps of the
+``--val-manifest`` images give S (label-free) and, where those images have boxes, the GT-known
+accuracy of the paper's box (max/10, largest contour), a diagnostic that is never used for the
+choice. ``--out`` is the generator of the epoch with the highest mean S; its metadata records every
+epoch's scores and the chosen epoch.
+
+METHODS gives no optimiser for g: Adam (lr 1e-4, poly decay) is this project's choice, as is the
+encoder (EfficientNet-Lite0, ImageNet; the paper's ResNet is not in this environment offline).
+
+Example::
+
+    python -m wsss_steps.train_weight_map --classifier results/msrc/classifier/cam_softmax/model.pt \\
+        --manifest results/msrc/data/wsol/train.csv --val-manifest results/msrc/data/wsol/val.csv \\
+        --out model.pt --metrics metrics.csv --checkpoint-dir checkpoints --epochs 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from wsss_steps.cli import (
+    add_checkpoint_arguments,
+    add_run_arguments,
+    check_checkpoint,
+    loop_settings,
+    start_run,
+    step_parser,
+)
+from wsss_steps.data.manifest import Manifest, read_manifest
+from wsss_steps.methods.boxes import box_iou
+from wsss_steps.methods.weight_map import (
+    BOX_FRACTION,
+    box_mass_score,
+    early_stopping_epoch,
+    predict_weight_map,
+    weight_map_box,
+    weight_map_loss,
+)
+from wsss_steps.networks.io import load_classifier, load_weights_file, model_identity
+from wsss_steps.networks.weight_map import build_weight_map_generator, save_weight_map_generator
+from wsss_steps.training.augment import TrainAugmentation
+from wsss_steps.training.classification import ClassificationDataset
+from wsss_steps.training.loop import Trainee, set_bn_frozen, train
+from wsss_steps.training.schedules import POLY_POWER
+
+log = logging.getLogger(__name__)
+
+METRIC_COLUMNS = ("epoch", "step", "lr", "loss", "ce", "l1", "val_score", "val_gt_known", "seconds")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = step_parser(__name__, __doc__)
+    io = parser.add_argument_group("files")
+    io.add_argument("--classifier", required=True, type=Path, help="the frozen classifier f (model.pt)")
+    io.add_argument("--manifest", required=True, type=Path, help="training images (manifest CSV)")
+    io.add_argument("--val-manifest", required=True, type=Path,
+                    help="the images whose maps give S each epoch (their boxes, if any, only the diagnostic)")
+    io.add_argument("--out", required=True, type=Path, help="the generator of the chosen epoch (.pt)")
+    io.add_argument("--metrics", type=Path, help="CSV with one row per epoch (S, GT-known)")
+    net = parser.add_argument_group("network and loss")
+    net.add_argument("--backbone", choices=("efficientnet_lite0",), default="efficientnet_lite0",
+                     help="the U-Net's encoder (default: %(default)s)")
+    net.add_argument("--backbone-weights", type=Path, help="local ImageNet weights (default: its package's)")
+    net.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=True,
+                     help="ImageNet-initialised encoder (default: yes)")
+    net.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
+                     help="keep the encoder's BatchNorm statistics (default: yes when pretrained)")
+    net.add_argument("--l1-weight", type=float, default=1.0, help="λ of the L1 term (default: %(default)s)")
+    train_group = parser.add_argument_group("training")
+    train_group.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
+    train_group.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
+    train_group.add_argument("--lr", type=float, default=1e-4, help="Adam's learning rate (default: %(default)s)")
+    train_group.add_argument("--weight-decay", type=float, default=0.0, help="(default: %(default)s)")
+    train_group.add_argument("--resize-long", type=int, nargs=2, metavar=("MIN", "MAX"), default=(320, 640),
+                             help="random size of the long image side (default: 320 640)")
+    train_group.add_argument("--crop", type=int, default=512, help="square crop (default: %(default)s)")
+    train_group.add_argument("--seed", type=int, default=0, help="(default: %(default)s)")
+    add_checkpoint_arguments(parser)
+    run = add_run_arguments(parser, training=True)
+    run.add_argument("--name", default="", help="entry name stored in the model")
+    run.add_argument("--dataset", default="", help="dataset name (default: from the manifest)")
+    return parser
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    problems = check_checkpoint(args)
+    if args.checkpoint_dir is None:
+        problems.append("--checkpoint-dir is required: every epoch's generator is kept there for the choice")
+    for name in ("epochs", "batch_size", "crop"):
+        if getattr(args, name) < 1:
+            problems.append(f"--{name.replace('_', '-')} must be ≥ 1, not {getattr(args, name)}")
+    if args.batch_size < 2:
+        problems.append(f"--batch-size must be ≥ 2 (BatchNorm in the decoder), not {args.batch_size}")
+    if args.l1_weight < 0:
+        problems.append(f"--l1-weight must be ≥ 0, not {args.l1_weight}")
+    if not 1 <= args.resize_long[0] <= args.resize_long[1]:
+        problems.append(f"--resize-long needs 1 ≤ MIN ≤ MAX, not {args.resize_long}")
+    if problems:
+        raise SystemExit("train_weight_map: " + "; ".join(problems))
+    if args.freeze_bn is None:
+        args.freeze_bn = bool(args.pretrained)
+
+
+def training_settings(args: argparse.Namespace, manifest: Manifest, val_manifest: Manifest,
+                      classifier_identity: str) -> dict[str, Any]:
+    """Everything that shapes the trained weights and the choice (not output paths, device, threads)."""
+    return {
+        "kind": "weight_map", "classifier": classifier_identity, "backbone": args.backbone,
+        "pretrained": bool(args.pretrained),
+        "backbone_weights": str(args.backbone_weights) if args.pretrained and args.backbone_weights else None,
+        "freeze_bn": bool(args.freeze_bn), "l1_weight": args.l1_weight, "epochs": args.epochs,
+        "batch_size": args.batch_size, "optimizer": "adam", "lr": args.lr, "weight_decay": args.weight_decay,
+        "poly_power": POLY_POWER, "resize_long": list(args.resize_long), "crop": args.crop, "seed": args.seed,
+        "box_fraction": BOX_FRACTION, "train_digest": manifest.content_digest(),
+        "val_digest": val_manifest.content_digest(),
+    }
+
+
+def score_epoch(generator: torch.nn.Module, dataset: ClassificationDataset, device: torch.device
+                ) -> tuple[float, float]:
+    """Mean S over the dataset's images and the GT-known accuracy of the maps' boxes (NaN without boxes)."""
+    generator.eval()
+    scores, hits, scored = [], 0, 0
+    for index, record in enumerate(dataset.manifest.records):
+        image, _, _ = dataset[index]
+        weight_map = predict_weight_map(generator, image.to(device))
+        scores.append(box_mass_score(weight_map))
+        gt = [tuple(b)[1:] for b in record.boxes if b.label in record.labels]
+        if gt:
+            scored += 1
+            hits += float(box_iou(weight_map_box(weight_map)[None], np.array(gt)).max()) >= 0.5
+    return float(np.mean(scores)), (hits / scored if scored else float("nan"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _check_args(args)
+    device = start_run(args)
+    manifest = read_manifest(args.manifest, args.dataset)
+    val_manifest = read_manifest(args.val_manifest, args.dataset)
+    classifier, classifier_meta = load_classifier(args.classifier, device)
+    if classifier_meta.get("class_names") not in (None, list(manifest.class_names)):
+        raise SystemExit(f"train_weight_map: {args.classifier} was trained on the classes "
+                         f"{classifier_meta.get('class_names')}, not {list(manifest.class_names)}")
+    classifier.requires_grad_(False)
+    classifier.eval()
+    settings = training_settings(args, manifest, val_manifest, model_identity(args.classifier, classifier_meta))
+
+    torch.manual_seed(args.seed)
+    generator = build_weight_map_generator(args.backbone, args.pretrained, args.backbone_weights).to(device)
+    optimizer = torch.optim.Adam(generator.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    augmentation = TrainAugmentation(tuple(args.resize_long), args.crop, flip=True)
+    dataset = ClassificationDataset(manifest, augmentation, args.seed)
+    val_set = ClassificationDataset(val_manifest)
+    log.info("training the weight-map generator (%s encoder) against %s on %d images, S on %d images, "
+             "%d epochs, device %s", args.backbone, args.classifier, len(dataset), len(val_set), args.epochs, device)
+
+    def train_mode() -> None:
+        generator.train()
+        if args.freeze_bn:
+            set_bn_frozen(generator.encoder)
+
+    def step(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], global_step: int
+             ) -> tuple[torch.Tensor, dict[str, float]]:
+        images = batch[0].to(device, non_blocking=True)
+        return weight_map_loss(classifier, generator, images, args.l1_weight)
+
+    def validate(epoch: int) -> dict[str, Any]:
+        score, gt_known = score_epoch(generator, val_set, device)
+        return {"val_score": f"{score:.6g}", "val_gt_known": "" if np.isnan(gt_known) else f"{gt_known:.6g}"}
+
+    trainee = Trainee(generator, optimizer, [args.lr], dataset, step, train_mode=train_mode, validate=validate)
+    plan = loop_settings(args, "train_weight_map", device, settings, METRIC_COLUMNS, keep_epoch_weights=True)
+    outcome = train(trainee, plan)
+    if not outcome.finished:
+        return 0
+    scores = [float(row["val_score"]) for row in outcome.history]
+    chosen = early_stopping_epoch(scores)
+    epoch_file = args.checkpoint_dir / f"epoch-{chosen:03d}.pt"
+    state = load_weights_file(epoch_file, "weight-map epoch checkpoint")
+    if state.get("settings_hash") != outcome.settings_hash:
+        raise SystemExit(f"train_weight_map: {epoch_file} was written with other settings; delete the folder")
+    generator.load_state_dict(state["model"])
+    per_epoch = [{"epoch": int(row["epoch"]), "score": float(row["val_score"]),
+                  "gt_known": float(row["val_gt_known"]) if row.get("val_gt_known") else None}
+                 for row in outcome.history]
+    meta = {"dataset": args.dataset or manifest.dataset, "name": args.name, "training": settings,
+            "settings_hash": outcome.settings_hash, "epochs_trained": args.epochs, "chosen_epoch": chosen,
+            "per_epoch": per_epoch, "class_names": list(manifest.class_names)}
+    save_weight_map_generator(args.out, generator.cpu().eval(), meta)
+    log.info("early stopping: epoch %d of %d has the highest mean S (%.4f); wrote %s", chosen, args.epochs,
+             scores[chosen - 1], args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
