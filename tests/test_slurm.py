@@ -44,7 +44,9 @@ CHECKOUT = ["Snakefile", "config.yaml", "rules", "schemas", "wsss_steps", "envs"
 CONFIG = tiny_config(gpu_available=True, device="cpu",
                      resources={"threads": 1, "train_mem_mb": 3000, "infer_mem_mb": 2000,
                                 "train_runtime_min": 30, "infer_runtime_min": 20})
-TRAINING_RULES = {"train_classifier", "train_relation", "train_saliency", "train_segmentation"}
+TRAINING_RULES = {"train_classifier", "train_relation", "train_saliency", "train_segmentation", "train_weight_map"}
+# AdvCAM's climb asks for a GPU, CAM's maps do not (the config's AdvCAM entries are named advcam…).
+CLIMBING_RULES = {"seeds_shard", "wsol_seeds_shard"}
 SHARD_RULES = {"seeds_shard", "affinity_labels_shard", "random_walk_shard"}
 
 
@@ -142,9 +144,10 @@ def test_readme_commands_on_a_slurm_cluster(tmp_path: Path) -> None:
     # One job per shard for every inference stage.
     for rule in SHARD_RULES:
         assert planned_jobs[rule] == CONFIG["shards"], rule
-    # GPU placement: training asks for one GPU (a gres/gpu request), nothing else does.
-    for rule, tres in zip(jobs["rule"], jobs["tres-per-job"], strict=True):
-        assert (tres == "gres:gpu:1") == (rule in TRAINING_RULES), (rule, tres)
+    # GPU placement: training and AdvCAM ask for one GPU (a gres/gpu request), nothing else does.
+    for rule, comment, tres in zip(jobs["rule"], jobs["Comment"], jobs["tres-per-job"], strict=True):
+        climbs = rule in CLIMBING_RULES and "_advcam" in comment
+        assert (tres == "gres:gpu:1") == (rule in TRAINING_RULES or climbs), (rule, comment, tres)
     # Threads, memory and runtime from the rules' declarations.
     train = jobs[jobs["rule"] == "train_classifier"].iloc[0]
     assert (train["NumCPUs"], train["MinMemory"], train["TimeLimit"]) == ("1", "3000M", "30:00")
