@@ -1,7 +1,9 @@
 import json
 import os
+import re
 import shlex
 import sys
+from pathlib import Path
 
 import yaml
 from snakemake.utils import validate
@@ -11,6 +13,7 @@ sys.path.insert(0, workflow.basedir)
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}:$PYTHONPATH; ")
 
 from wsss_steps.data.adapters import open_dataset  # noqa: E402
+from wsss_steps.data.manifest import read_id_list  # noqa: E402
 from wsss_steps.workflow.config import ConfigError, check_config, missing_weight_files  # noqa: E402
 
 SCHEMA_PATH = os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
@@ -55,17 +58,42 @@ COMPUTED_SEEDS = [name for name in config["seeds"] if name not in DERIVED_SEEDS]
 NEVER = "(?!)"  # the constraint of a wildcard whose config section is empty
 
 
+def ground_truth_subset(experiment):
+    """The split file of a semi-supervised experiment (`segmentation: {ground_truth_subset: FILE}`):
+    its images train the segmentation network on their ground truth, the others on pseudo masks."""
+    segmentation = experiment.get("segmentation", True)
+    return segmentation.get("ground_truth_subset") if isinstance(segmentation, dict) else None
+
+
+def segmentation_name(experiment):
+    """The segmentation network's name ({masks} in paths, `method` in the summary and the report):
+    the seeds name, `full`, or `<seeds>+<subset file's stem>` for the semi-supervised setting."""
+    subset = ground_truth_subset(experiment)
+    return f"{experiment['seeds']}+{Path(subset).stem}" if subset else experiment["seeds"]
+
+
+# Semi-supervised segmentation networks by name: their seeds and ground-truth subset file.
+SEMI_SUPERVISED = {segmentation_name(e): (e["seeds"], ground_truth_subset(e))
+                   for e in EXPERIMENTS if ground_truth_subset(e)}
+
+
+def masks_seeds(masks):
+    """The seeds entry whose pseudo masks a segmentation network trains on (`full`: none)."""
+    return SEMI_SUPERVISED[masks][0] if masks in SEMI_SUPERVISED else masks
+
+
 wildcard_constraints:
     dataset="|".join(DATASETS),
     classifier="|".join(config["classifiers"]),
     seeds="|".join(config["seeds"]),
-    masks="|".join([*config["seeds"], FULL]),
+    masks="|".join(re.escape(name) for name in [*config["seeds"], FULL, *SEMI_SUPERVISED]),
     sweep_stage="seeds|seeds_crf|pseudo_masks|pseudo_masks_crf",
     seg_stage="segmentation|segmentation_crf",
     split="[A-Za-z0-9_]+",
     shard=r"\d+",
     # A seeds name, `full` (the segmentation network on ground-truth masks) or a weight_maps name.
-    entry="|".join([*config["seeds"], FULL, *config.get("weight_maps", {})]),
+    entry="|".join(re.escape(name) for name in [*config["seeds"], FULL, *SEMI_SUPERVISED,
+                                                *config.get("weight_maps", {})]),
     saliency="|".join(SALIENCY) or NEVER,
 
 
@@ -406,10 +434,34 @@ def check_val_masks():
 check_val_masks()
 
 
+def check_ground_truth_subsets():
+    """Before any job: a semi-supervised experiment's ground-truth images are images of the train
+    split with a mask (a user's dataset; a generated one is checked by train_segmentation)."""
+    for masks, (_, subset) in SEMI_SUPERVISED.items():
+        for name, settings in DATASETS.items():
+            if name in GENERATED_DATASETS:
+                continue
+            dataset = open_dataset(settings)
+            train_ids = set(dataset.split_ids(settings["train_split"]))
+            subset_ids = read_id_list(Path(subset))
+            outside = [i for i in subset_ids if i not in train_ids]
+            unmasked = [i for i in subset_ids if i in train_ids and dataset.mask_path(i) is None]
+            for ids, what in ((outside, f"are not images of split {settings['train_split']!r}"),
+                              (unmasked, "have no ground-truth mask")):
+                if ids:
+                    raise ConfigError(f"dataset {name}, experiment {masks}: {len(ids)} id(s) of the ground-truth "
+                                      f"subset {subset} {what} (e.g. {', '.join(map(repr, ids[:5]))})")
+
+
+check_ground_truth_subsets()
+
+
 def experiment_stages(experiment):
-    """The evaluated stages of an experiment, in pipeline order."""
+    """The evaluated stages of an experiment, in pipeline order. A semi-supervised experiment has
+    its segmentation stages only: its seeds and pseudo masks are those of the weakly supervised
+    experiment with the same classifier and seeds."""
     stages = []
-    if experiment["seeds"] != FULL:
+    if experiment["seeds"] != FULL and not ground_truth_subset(experiment):
         stages += ["seeds", "seeds_crf"] if config["evaluation"]["seeds"]["crf"] else ["seeds"]
         if experiment.get("pseudo_masks", True):
             stages += ["pseudo_masks", "pseudo_masks_crf"] if config["pseudo_masks"]["crf"] else ["pseudo_masks"]
@@ -429,9 +481,9 @@ def summary_row_files():
         rows += wsol_row_files(dataset)
         for experiment in EXPERIMENTS:
             for stage in experiment_stages(experiment):
-                folder = f"results/{dataset}/eval/{stage}/{experiment['classifier']}/{experiment['seeds']}"
-                rows.append(f"{folder}/summary_rows.csv")
-    return rows
+                name = segmentation_name(experiment) if stage in SEGMENTATION_STAGES else experiment["seeds"]
+                rows.append(f"results/{dataset}/eval/{stage}/{experiment['classifier']}/{name}/summary_rows.csv")
+    return list(dict.fromkeys(rows))
 
 
 # Evaluations (rules/evaluation.smk)
@@ -490,6 +542,8 @@ def sweep_threads(wildcards):
 
 # Segmentation (rules/segmentation.smk)
 
+SEGMENTATION_STAGES = ("segmentation", "segmentation_crf")
+
 SEGMENTATION_INFERENCE_KEYS = ("test_scales", "flip", "crf")
 SEGMENTATION_TRAINING = {
     k: v
@@ -504,14 +558,18 @@ def segmentation_train_inputs(wildcards):
         inputs["classifier"] = f"results/{wildcards.dataset}/classifier/{wildcards.classifier}/model.pt"
     if wildcards.masks != FULL:
         inputs["masks"] = (
-            f"results/{wildcards.dataset}/pseudo_masks/{wildcards.classifier}/{wildcards.masks}/masks.h5"
+            f"results/{wildcards.dataset}/pseudo_masks/{wildcards.classifier}/{masks_seeds(wildcards.masks)}/masks.h5"
         )
+    if wildcards.masks in SEMI_SUPERVISED:
+        inputs["ground_truth_subset"] = SEMI_SUPERVISED[wildcards.masks][1]
     return inputs
 
 
 def segmentation_sources(wildcards, input):
     init = f"--init-classifier {shlex.quote(input.classifier)}" if SEGMENTATION["init_from_classifier"] else ""
     masks = "--ground-truth" if wildcards.masks == FULL else f"--masks {shlex.quote(input.masks)}"
+    if "ground_truth_subset" in input.keys():
+        masks += f" --ground-truth-subset {shlex.quote(input.ground_truth_subset)}"
     return f"{masks} {init}"
 
 
@@ -522,11 +580,15 @@ SEGMENTATION_INFERENCE = cli_options(
 
 # Report (rules/report.smk)
 
+def named_experiment(wildcards):
+    """The experiment of a report's {classifier} and {masks} (its segmentation name)."""
+    return next(e for e in EXPERIMENTS if e["classifier"] == wildcards.classifier
+                and segmentation_name(e) == wildcards.masks)
+
+
 def sweep_curves(wildcards):
     """The swept stages of an experiment (seeds, +CRF, pseudo masks) and their curve files."""
-    experiment = {"classifier": wildcards.classifier, "seeds": wildcards.masks}
-    experiment.update(next(e for e in EXPERIMENTS if e["classifier"] == wildcards.classifier
-                           and e["seeds"] == wildcards.masks))
+    experiment = named_experiment(wildcards)
     swept = [s for s in experiment_stages(experiment) if s in ("seeds", "seeds_crf", "pseudo_masks")]
     return {
         stage: f"results/{wildcards.dataset}/eval/{stage}/{wildcards.classifier}/{wildcards.masks}/curve.csv"
@@ -535,8 +597,7 @@ def sweep_curves(wildcards):
 
 
 def per_class_tables(wildcards):
-    experiment = next(e for e in EXPERIMENTS if e["classifier"] == wildcards.classifier
-                      and e["seeds"] == wildcards.masks)
+    experiment = named_experiment(wildcards)
     return {
         stage: f"results/{wildcards.dataset}/eval/{stage}/{wildcards.classifier}/{wildcards.masks}/per_class.csv"
         for stage in experiment_stages(experiment)
@@ -550,9 +611,10 @@ def gallery_inputs(wildcards):
         "predictions": f"{base}/segmentation/{wildcards.classifier}/{wildcards.masks}/gallery.h5",
     }
     if wildcards.masks != FULL:
-        inputs["seeds"] = f"{base}/seeds/{wildcards.classifier}/{wildcards.masks}/maps.h5"
-        inputs["seeds_rows"] = f"{base}/eval/seeds/{wildcards.classifier}/{wildcards.masks}/summary_rows.csv"
-        inputs["pseudo_masks"] = f"{base}/pseudo_masks/{wildcards.classifier}/{wildcards.masks}/masks.h5"
+        seeds = masks_seeds(wildcards.masks)
+        inputs["seeds"] = f"{base}/seeds/{wildcards.classifier}/{seeds}/maps.h5"
+        inputs["seeds_rows"] = f"{base}/eval/seeds/{wildcards.classifier}/{seeds}/summary_rows.csv"
+        inputs["pseudo_masks"] = f"{base}/pseudo_masks/{wildcards.classifier}/{seeds}/masks.h5"
     return inputs
 
 
@@ -580,11 +642,12 @@ def report_files():
         if seed_experiments():
             files.append(f"results/{dataset}/report/seeds_precision_recall.png")
         for experiment in SEGMENTATION_EXPERIMENTS:
-            folder = f"results/{dataset}/report/{experiment['classifier']}/{experiment['seeds']}"
+            name = segmentation_name(experiment)
+            folder = f"results/{dataset}/report/{experiment['classifier']}/{name}"
             files += [f"{folder}/per_class.png", f"{folder}/gallery.png"]
-            if experiment["seeds"] != FULL:
+            if experiment["seeds"] != FULL and not ground_truth_subset(experiment):
                 files.append(f"{folder}/sweep.png")
-            png = f"results/{dataset}/segmentation/{experiment['classifier']}/{experiment['seeds']}"
+            png = f"results/{dataset}/segmentation/{experiment['classifier']}/{name}"
             files += [f"{png}/png", f"{png}/png_crf"] if SEGMENTATION["crf"] else [f"{png}/png"]
         if WSOL_EXPERIMENTS:
             files.append(f"results/{dataset}/report/wsol_boxes.png")

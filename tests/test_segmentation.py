@@ -4,6 +4,7 @@ multi-scale + flip inference, label-map evaluation, PNG export and the report fi
 from __future__ import annotations
 
 import csv
+import dataclasses
 from pathlib import Path
 
 import h5py
@@ -32,7 +33,7 @@ from wsss_steps.networks.segmentation import (
 from wsss_steps.report.figures import render_gallery, render_table, stage_table
 from wsss_steps.store.maps import MapReader, MapWriter
 from wsss_steps.train_segmentation import class_balanced_weights
-from wsss_steps.training.segmentation import MaskError
+from wsss_steps.training.segmentation import MaskError, MaskSource
 
 
 @pytest.mark.parametrize("head, rates", [("deeplabv2", (6, 12, 18, 24)), ("deeplabv3plus", (2, 4))])
@@ -164,6 +165,49 @@ def test_training_learns_and_resumes_to_identical_weights(shapes: dict[str, Path
     _, meta = load_segmentation(full / "seg.pt")
     assert meta["name"] == "full" and meta["training"]["masks"] == "ground_truth"
     assert not torch.equal(_weights(full / "seg.pt")["head.classifier.weight"], a["head.classifier.weight"])
+
+
+def test_semi_supervised_takes_ground_truth_on_exactly_the_subset(shapes: dict[str, Path], tmp_path: Path) -> None:
+    manifest = read_manifest(shapes["manifest"])
+    subset = [manifest.ids[1], manifest.ids[4]]
+    # The pseudo-mask file need not hold the subset's images (they never read it).
+    with MapWriter(tmp_path / "pseudo.h5", stage="pseudo_masks", method="cam", params={}, dataset="shapes") as writer:
+        for record in manifest.records:
+            if record.image_id not in subset:
+                writer.write(record.image_id, {"mask": np.full((record.height, record.width), 2, np.uint8)}, {})
+        writer.finish([i for i in manifest.ids if i not in subset])
+    source = MaskSource(manifest, tmp_path / "pseudo.h5", ground_truth_ids=subset)
+    for index, record in enumerate(manifest.records):
+        mask = source.read(index, (record.height, record.width))
+        if record.image_id in subset:
+            np.testing.assert_array_equal(mask, read_label_mask(record.mask_path))
+        else:
+            assert (mask == 2).all()
+    assert (read_label_mask(manifest.records[1].mask_path) != 2).any()  # the two sources differ
+    with pytest.raises(MaskError, match=r"not images of .*'nope'"):
+        MaskSource(manifest, tmp_path / "pseudo.h5", ground_truth_ids=[*subset, "nope"])
+    manifest.records[1] = dataclasses.replace(manifest.records[1], mask_path=None)
+    with pytest.raises(MaskError, match=r"ground-truth subset: 1 image.*img1"):
+        MaskSource(manifest, tmp_path / "pseudo.h5", ground_truth_ids=subset)
+    # The step: the model records the subset; its identity differs from the weakly supervised one's.
+    (tmp_path / "gt.txt").write_text("\n".join(subset) + "\n")
+    semi, weak = tmp_path / "semi", tmp_path / "weak"
+    args = ("--masks", str(shapes["masks"]), "--epochs", "1")
+    assert train_segmentation.main([*_train_args(shapes, semi, *args), "--ground-truth-subset",
+                                    str(tmp_path / "gt.txt")]) == 0
+    assert train_segmentation.main(_train_args(shapes, weak, *args)) == 0
+    _, semi_meta = load_segmentation(semi / "seg.pt")
+    _, weak_meta = load_segmentation(weak / "seg.pt")
+    assert semi_meta["ground_truth_ids"] == subset and weak_meta["ground_truth_ids"] == []
+    assert semi_meta["training"]["ground_truth_subset"]["images"] == 2
+    assert "ground_truth_subset" not in weak_meta["training"]
+    (tmp_path / "bad.txt").write_text("img0\n../etc\n")
+    with pytest.raises(SystemExit, match="ground-truth-subset.*invalid image id"):
+        train_segmentation.main([*_train_args(shapes, tmp_path / "x", *args), "--ground-truth-subset",
+                                 str(tmp_path / "bad.txt")])
+    with pytest.raises(SystemExit, match="completes the pseudo masks"):
+        train_segmentation.main([*_train_args(shapes, tmp_path / "y", "--ground-truth"), "--ground-truth-subset",
+                                 str(tmp_path / "gt.txt")])
 
 
 def test_bad_pseudo_mask_is_named(shapes: dict[str, Path], tmp_path: Path) -> None:

@@ -2,7 +2,10 @@
 
 Masks: ``--masks FILE`` reads each image's ``mask`` (0 = background, k + 1 = class k, 255 =
 ignore) from a pseudo-mask HDF5 file (`wsss_steps.pseudo_masks`); ``--ground-truth`` reads the
-manifest's ground-truth masks instead (the fully supervised upper bound, method ``full``).
+manifest's ground-truth masks instead (the fully supervised upper bound, method ``full``);
+``--masks FILE --ground-truth-subset IDS`` is the semi-supervised setting (AdvCAM: 1,464 VOC
+images with masks + 9,118 with labels only): the images listed in IDS take their ground-truth
+mask, the others their pseudo mask. The model records the subset's ids.
 
 Network: `wsss_steps.networks.segmentation` (``--head deeplabv2`` ASPP 6/12/18/24, or
 ``deeplabv3plus``), backbone from ImageNet (``--pretrained``), random, or, with
@@ -30,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,7 +52,7 @@ from wsss_steps.cli import (
     step_parser,
 )
 from wsss_steps.data.images import IGNORE_LABEL
-from wsss_steps.data.manifest import Manifest, read_manifest
+from wsss_steps.data.manifest import DatasetError, Manifest, read_id_list, read_manifest
 from wsss_steps.networks.backbones import BACKBONES, OUTPUT_STRIDES
 from wsss_steps.networks.segmentation import (
     HEADS,
@@ -62,6 +66,7 @@ from wsss_steps.training.augment import TrainAugmentation
 from wsss_steps.training.loop import Trainee, set_bn_frozen, train
 from wsss_steps.training.schedules import POLY_POWER
 from wsss_steps.training.segmentation import (
+    MaskError,
     MaskSource,
     SegmentationDataset,
     class_balanced_weights,
@@ -74,16 +79,6 @@ MOMENTUM = 0.9
 METRIC_COLUMNS = ("epoch", "step", "lr", "loss", "seconds")
 
 
-
-
-
-
-
-
-
-
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = step_parser(__name__, __doc__)
     io = parser.add_argument_group("files")
@@ -91,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     source = io.add_mutually_exclusive_group(required=True)
     source.add_argument("--masks", type=Path, help="pseudo-mask HDF5 file (groups holding 'mask')")
     source.add_argument("--ground-truth", action="store_true", help="train on the manifest's ground-truth masks")
+    io.add_argument("--ground-truth-subset", type=Path,
+                    help="with --masks: a split file (one image id a line) whose images train on their "
+                    "ground-truth masks instead of their pseudo masks (the semi-supervised setting)")
     io.add_argument("--init-classifier", type=Path,
                     help="start the backbone from this trained classifier's backbone")
     io.add_argument("--out", required=True, type=Path, help="the trained network (.pt)")
@@ -146,13 +144,26 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
         problems.append(f"--resize-long needs 1 ≤ MIN ≤ MAX, not {args.resize_long}")
     if args.seed < 0:
         problems.append(f"--seed must be ≥ 0, not {args.seed}")
+    if args.ground_truth_subset is not None and args.masks is None:
+        problems.append("--ground-truth-subset completes the pseudo masks of --masks (with --ground-truth every "
+                        "image takes its ground truth already)")
     if problems:
         raise SystemExit("train_segmentation: " + "; ".join(problems))
 
 
-def training_settings(args: argparse.Namespace, manifest: Manifest) -> dict[str, Any]:
+def ground_truth_subset(args: argparse.Namespace) -> list[str]:
+    """The ids of ``--ground-truth-subset`` in split order (none without it)."""
+    if args.ground_truth_subset is None:
+        return []
+    try:
+        return read_id_list(args.ground_truth_subset)
+    except DatasetError as error:
+        raise SystemExit(f"train_segmentation: --ground-truth-subset: {error}") from error
+
+
+def training_settings(args: argparse.Namespace, manifest: Manifest, subset: Sequence[str] = ()) -> dict[str, Any]:
     """Everything that shapes the trained weights (not output paths, device or threads)."""
-    return {
+    settings: dict[str, Any] = {
         "kind": "segmentation", "masks": "ground_truth" if args.ground_truth else file_digest(args.masks),
         "init_classifier": file_digest(args.init_classifier) if args.init_classifier else None,
         "head": args.head, "backbone": args.backbone, "pretrained": bool(args.pretrained),
@@ -164,6 +175,10 @@ def training_settings(args: argparse.Namespace, manifest: Manifest) -> dict[str,
         "crop": args.crop, "class_balanced": bool(args.class_balanced), "seed": args.seed,
         "class_names": list(manifest.class_names), "train_digest": manifest.content_digest(),
     }
+    if subset:  # absent otherwise: the weakly supervised models' identity is what it was
+        digest = hashlib.sha256("\n".join(sorted(subset)).encode()).hexdigest()
+        settings["ground_truth_subset"] = {"images": len(subset), "ids_sha256": digest}
+    return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -171,8 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _resolve_defaults(args)
     device = start_run(args)
     manifest = read_manifest(args.manifest, args.dataset)
-    masks = MaskSource(manifest, None if args.ground_truth else args.masks)
-    settings = training_settings(args, manifest)
+    subset = ground_truth_subset(args)
+    try:
+        masks = MaskSource(manifest, None if args.ground_truth else args.masks, ground_truth_ids=subset)
+    except MaskError as error:
+        raise SystemExit(f"train_segmentation: {error}") from error
+    settings = training_settings(args, manifest, subset)
 
     torch.manual_seed(args.seed)
     model = build_segmentation_net(args.head, args.backbone, manifest.num_classes + 1, args.output_stride,
@@ -198,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     log.info("training %s on %s (%s) with %s masks: %d images, %d labels, %d epochs, device %s", args.head,
              args.backbone, "classifier init" if args.init_classifier else
              ("ImageNet init" if args.pretrained else "random init"),
-             "ground-truth" if args.ground_truth else f"pseudo ({args.masks})", len(dataset),
+             "ground-truth" if args.ground_truth else f"pseudo ({args.masks})"
+             + (f" + ground truth on {len(subset)} images ({args.ground_truth_subset})" if subset else ""), len(dataset),
              manifest.num_classes + 1, args.epochs, device)
 
     def train_mode() -> None:
@@ -221,7 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     meta = {"class_names": list(manifest.class_names), "dataset": args.dataset or manifest.dataset,
             "name": args.name or ("full" if args.ground_truth else ""), "training": settings,
-            "settings_hash": outcome.settings_hash, "epochs_trained": args.epochs}
+            "settings_hash": outcome.settings_hash, "epochs_trained": args.epochs,
+            "ground_truth_ids": list(subset)}
     save_segmentation(args.out, model.cpu().eval(), meta)
     log.info("wrote %s", args.out)
     return 0

@@ -44,6 +44,7 @@ from wsss_steps.data.manifest import (
     DatasetError,
     ImageRecord,
     Manifest,
+    read_id_list,
     read_lines,
     validate_image_id,
 )
@@ -53,19 +54,6 @@ VOC_CLASSES: tuple[str, ...] = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 )
-
-
-def _read_split_ids(path: Path) -> list[str]:
-    # VOC's classification ImageSets have "id label" lines; the segmentation ones only "id".
-    ids = [line.split()[0] for line in read_lines(path)]
-    for image_id in ids:
-        validate_image_id(image_id, str(path))
-    duplicates = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
-    if duplicates:
-        raise DatasetError(f"split file {path} lists ids more than once: {duplicates[:10]}")
-    if not ids:
-        raise DatasetError(f"split file {path} lists no image")
-    return ids
 
 
 def _read_boxes(path: Path, class_names: Sequence[str]) -> dict[str, tuple[Box, ...]]:
@@ -136,7 +124,7 @@ class VocLayoutDataset:
         self._boxes: dict[str, tuple[Box, ...]] | None = None
 
     def split_ids(self, split: str) -> list[str]:
-        return _read_split_ids(self._split_file(split))
+        return read_id_list(self._split_file(split))
 
     def _split_file(self, split: str) -> Path:
         return self.root / "ImageSets" / "Segmentation" / f"{split}.txt"
@@ -221,7 +209,7 @@ class Voc2012Dataset:
         return files
 
     def split_ids(self, split: str) -> list[str]:
-        return _read_split_ids(self._split_file(split))
+        return read_id_list(self._split_file(split))
 
     def _split_file(self, split: str) -> Path:
         for folder in ("Segmentation", "SegmentationAug", "Main"):

@@ -116,6 +116,21 @@ def read_lines(path: Path) -> list[str]:
     return [line.strip() for line in path.read_text().splitlines() if line.strip()]
 
 
+def read_id_list(path: Path) -> list[str]:
+    """The image ids of a split file (one a line; VOC's classification lists add a label after the
+    id): each a valid id, none twice, at least one."""
+    # VOC's classification ImageSets have "id label" lines; the segmentation ones only "id".
+    ids = [line.split()[0] for line in read_lines(path)]
+    for image_id in ids:
+        validate_image_id(image_id, str(path))
+    if len(set(ids)) != len(ids):
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        raise DatasetError(f"split file {path} lists ids more than once: {duplicates[:10]}")
+    if not ids:
+        raise DatasetError(f"split file {path} lists no image")
+    return ids
+
+
 def write_manifest(manifest: Manifest, directory: str | Path) -> Path:
     """Writes ``classes.txt`` and ``{split}.csv`` into a folder; returns the CSV path."""
     directory = Path(directory)

@@ -3,6 +3,7 @@ file or the ground truth, augmented pairs, and the class-balanced loss weights."
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -23,27 +24,42 @@ class MaskError(ValueError):
 
 
 class MaskSource:
-    """Each training image's label mask: from a pseudo-mask HDF5 file or the ground truth."""
+    """Each training image's label mask: from a pseudo-mask HDF5 file or the ground truth.
+
+    ``ground_truth_ids`` (with a mask file): the semi-supervised setting (METHODS §6, AdvCAM's
+    1,464 VOC images with masks + 9,118 with labels only): exactly these images take their
+    ground-truth mask, every other image its pseudo mask.
+    """
 
     def __init__(self, manifest: Manifest, masks_path: Path | None, mask_name: str = MASK_NAME,
-                 num_labels: int | None = None):
+                 num_labels: int | None = None, ground_truth_ids: Iterable[str] = ()):
         self.manifest = manifest
         self.masks_path = masks_path
         self.mask_name = mask_name  # the dataset read from a mask file (saliency masks: saliency_mask)
         self.num_labels = manifest.num_classes + 1 if num_labels is None else num_labels
+        self.ground_truth_ids = frozenset(ground_truth_ids)
         self._reader: MapReader | None = None  # opened lazily: one handle per worker process
+        if self.ground_truth_ids and masks_path is None:
+            raise ValueError("ground_truth_ids name the images that take ground truth instead of a mask file's")
+        unknown = sorted(self.ground_truth_ids - set(manifest.ids))
+        if unknown:
+            raise MaskError(f"{len(unknown)} ground-truth subset id(s) are not images of {manifest.split}, "
+                            f"e.g. {unknown[:5]}")
         if masks_path is not None:
             with MapReader(masks_path) as reader:
-                reader.require(manifest.ids)
-        else:
-            missing = [r.image_id for r in manifest.records if r.mask_path is None]
-            if missing:
-                raise MaskError(f"--ground-truth: {len(missing)} image(s) of {manifest.split} have no mask, "
-                                f"e.g. {missing[:5]}")
+                reader.require([i for i in manifest.ids if i not in self.ground_truth_ids])
+        ground_truth = [r for r in manifest.records if masks_path is None or r.image_id in self.ground_truth_ids]
+        missing = [r.image_id for r in ground_truth if r.mask_path is None]
+        if missing:
+            what = "--ground-truth" if masks_path is None else "the ground-truth subset"
+            raise MaskError(f"{what}: {len(missing)} image(s) of {manifest.split} have no mask, e.g. {missing[:5]}")
+
+    def takes_ground_truth(self, image_id: str) -> bool:
+        return self.masks_path is None or image_id in self.ground_truth_ids
 
     def read(self, index: int, shape: tuple[int, int]) -> np.ndarray:
         record = self.manifest.records[index]
-        if self.masks_path is None:
+        if self.takes_ground_truth(record.image_id):
             source = str(record.mask_path)
             mask = read_label_mask(record.mask_path)
         else:

@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 
 from wsss_steps.data.generated import GeneratorError, check_output_folder
+from wsss_steps.data.manifest import DatasetError, read_id_list
 
 
 class ConfigError(ValueError):
@@ -86,15 +87,20 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
             if name not in config.get("seeds", {}):
                 problems.append(f"{section}.per_seeds.{name}: {name!r} is not a key of 'seeds' "
                                 f"(configured: {', '.join(config.get('seeds', {}))})")
-    seen: dict[tuple[Any, Any], int] = {}
+    seen: dict[tuple[Any, Any, Any], int] = {}
     for index, experiment in enumerate(config.get("experiments", [])):
-        pair = (experiment.get("classifier"), experiment.get("seeds"))
-        if pair in seen:
-            problems.append(f"experiments[{index}]: classifier {pair[0]!r} with seeds {pair[1]!r} is listed "
-                            f"twice (also experiments[{seen[pair]}]); its results would be computed once")
-        seen.setdefault(pair, index)
+        segmentation = experiment.get("segmentation", True)
+        subset = segmentation.get("ground_truth_subset") if isinstance(segmentation, Mapping) else None
+        key = (experiment.get("classifier"), experiment.get("seeds"), Path(subset).stem if subset else None)
+        if key in seen:
+            also = f" and ground-truth subset {key[2]!r}" if subset else ""
+            problems.append(f"experiments[{index}]: classifier {key[0]!r} with seeds {key[1]!r}{also} is listed "
+                            f"twice (also experiments[{seen[key]}]); its results would be computed once")
+        seen.setdefault(key, index)
         if experiment.get("seeds") == FULL_SUPERVISION and experiment.get("segmentation") is False:
             problems.append(f"experiments[{index}]: seeds {FULL_SUPERVISION!r} needs segmentation: true")
+        if subset:
+            problems += _check_subset(index, experiment, subset)
         for section, key in (("classifiers", "classifier"), ("seeds", "seeds")):
             name = experiment.get(key)
             if key == "seeds" and name == FULL_SUPERVISION:
@@ -103,6 +109,20 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
                 problems.append(f"experiments[{index}].{key} = {name!r} is not a key of '{section}' "
                                 f"(configured: {', '.join(config.get(section, {}))})")
     return problems
+
+
+def _check_subset(index: int, experiment: Mapping[str, Any], subset: str) -> list[str]:
+    """A semi-supervised experiment: pseudo masks to complete, and a readable split file."""
+    where = f"experiments[{index}].segmentation.ground_truth_subset"
+    if experiment.get("seeds") == FULL_SUPERVISION:
+        return [f"{where}: seeds {FULL_SUPERVISION!r} trains on every ground-truth mask already"]
+    if experiment.get("pseudo_masks") is False:
+        return [f"{where}: the other images train on pseudo masks; this experiment has pseudo_masks: false"]
+    try:
+        read_id_list(Path(subset))
+    except DatasetError as error:
+        return [f"{where}: {error}"]
+    return []
 
 
 SALIENCY_SEEDS = frozenset({"advcam_sal", "saliency_background"})  # seeds methods that read a saliency entry
