@@ -1,3 +1,4 @@
+import functools
 import json
 import os
 import re
@@ -123,6 +124,12 @@ def cli_options(settings, skip=()):
 GENERATED_DATASETS = {name: d for name, d in DATASETS.items() if d["kind"] == "generated"}
 
 
+@functools.cache
+def dataset_adapter(name):
+    """A user's dataset's adapter, opened once per workflow run (COCO's annotation files are large)."""
+    return open_dataset(DATASETS[name])
+
+
 def dataset_settings(wildcards):
     return DATASETS[wildcards.dataset]
 
@@ -171,7 +178,7 @@ def dataset_source_files(wildcards):
     so editing any of them reruns prepare_data and what depends on it, and nothing else."""
     if wildcards.dataset in GENERATED_DATASETS:
         return [DATASETS[wildcards.dataset]["root"]]
-    return [str(path) for path in open_dataset(DATASETS[wildcards.dataset]).source_files(wildcards.split)]
+    return [str(path) for path in dataset_adapter(wildcards.dataset).source_files(wildcards.split)]
 
 
 # Map stages (rules/maps.smk): inferred in shards, each over one split, then merged by merge_maps.
@@ -421,7 +428,7 @@ def check_val_masks():
     for name, settings in DATASETS.items():
         if name in GENERATED_DATASETS:
             continue
-        dataset = open_dataset(settings)
+        dataset = dataset_adapter(name)
         split = settings["val_split"]
         missing = [i for i in dataset.split_ids(split) if dataset.mask_path(i) is None]
         if missing:
@@ -441,7 +448,7 @@ def check_ground_truth_subsets():
         for name, settings in DATASETS.items():
             if name in GENERATED_DATASETS:
                 continue
-            dataset = open_dataset(settings)
+            dataset = dataset_adapter(name)
             train_ids = set(dataset.split_ids(settings["train_split"]))
             subset_ids = read_id_list(Path(subset))
             outside = [i for i in subset_ids if i not in train_ids]

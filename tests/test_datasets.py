@@ -209,3 +209,107 @@ def test_cub_problems_name_the_file(tmp_path: Path) -> None:
     (root / "image_class_labels.txt").write_text("1 1\n2 1\n3 2\n4 3\n")
     with pytest.raises(DatasetError, match=r"class ids outside 1..2"):
         CubDataset(root)
+
+
+# COCO (kind: coco): a fixture in the official layout, annotations read with pycocotools.
+
+COCO_CATEGORIES = [{"id": 18, "name": "dog", "supercategory": "animal"},  # listed out of id order
+                   {"id": 1, "name": "person", "supercategory": "person"},
+                   {"id": 3, "name": "car", "supercategory": "vehicle"}]
+
+
+def _rectangle(x0: int, y0: int, x1: int, y1: int) -> list[list[float]]:
+    return [[x0, y0, x1, y0, x1, y1, x0, y1]]
+
+
+def make_coco(root: Path) -> Path:
+    """train2014: img1 (40×30) with a person polygon, a dog polygon drawn over its right part and
+    an RLE crowd of people over columns 30–39; img2 without any object; img3 with a car (two
+    polygons). val2014: one image with a dog."""
+    import json
+
+    def image(split: str, number: int, width: int, height: int) -> dict:
+        name = f"COCO_{split}_{number:012d}.jpg"
+        write_image(root / split / name, np.full((height, width, 3), 90, np.uint8))
+        return {"id": number, "file_name": name, "width": width, "height": height}
+
+    def annotation(number: int, image_id: int, category: int, segmentation, bbox, crowd: int = 0) -> dict:
+        return {"id": number, "image_id": image_id, "category_id": category, "segmentation": segmentation,
+                "bbox": bbox, "iscrowd": crowd, "area": 1.0}
+
+    # Uncompressed RLE (column-major counts): 30 columns of background, then 10 columns of crowd.
+    crowd = {"size": [30, 40], "counts": [30 * 30, 10 * 30]}
+    train = {
+        "images": [image("train2014", 1, 40, 30), image("train2014", 2, 24, 20), image("train2014", 3, 32, 32)],
+        "categories": COCO_CATEGORIES,
+        "annotations": [
+            annotation(10, 1, 1, _rectangle(2, 2, 20, 26), [2, 2, 18, 24]),
+            annotation(11, 1, 18, _rectangle(12, 6, 28, 20), [12, 6, 16, 14]),
+            annotation(12, 1, 1, crowd, [30, 0, 10, 30], crowd=1),
+            annotation(13, 3, 3, _rectangle(1, 1, 10, 10) + _rectangle(20, 20, 30, 30), [1, 1, 29.4, 29.6]),
+        ],
+    }
+    val = {"images": [image("val2014", 7, 20, 20)], "categories": COCO_CATEGORIES,
+           "annotations": [annotation(20, 7, 18, _rectangle(3, 3, 15, 15), [3, 3, 12, 12])]}
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / "instances_train2014.json").write_text(json.dumps(train))
+    (root / "annotations" / "instances_val2014.json").write_text(json.dumps(val))
+    return root
+
+
+def test_coco_classes_labels_masks_crowds_overlaps_and_empty_images(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    root = make_coco(tmp_path / "coco")
+    out = tmp_path / "results" / "data"
+    with caplog.at_level("WARNING"):
+        assert prepare_data_main(["--kind", "coco", "--root", str(root), "--name", "coco", "--split", "train2014",
+                                  "--require-masks", "--out-dir", str(out)]) == 0
+    # The image without objects is left out, and said so with its count and id.
+    assert "1 image(s) without any annotated object are left out: COCO_train2014_000000000002" in caplog.text
+    manifest = read_manifest(out / "train2014.csv")
+    assert manifest.class_names == ("person", "car", "dog")  # by category id: 1, 3, 18
+    assert manifest.ids == ["COCO_train2014_000000000001", "COCO_train2014_000000000003"]
+    first, third = manifest.records
+    assert first.labels == (0, 2) and third.labels == (1,)  # the crowd's class counts; person 0, dog 2
+    # Masks rasterised under the results' data folder, never beside the user's data.
+    assert first.mask_path.resolve().parent == (out / "masks").resolve()
+    assert not any(p.suffix == ".png" for p in root.rglob("*"))
+    mask = read_label_mask(first.mask_path)
+    assert mask.shape == (30, 40)
+    assert (mask[4:25, 4:11] == 1).all()  # person alone
+    assert (mask[8:19, 14:19] == 3).all()  # the dog, drawn after the person, wins their overlap
+    assert (mask[8:19, 22:27] == 3).all()  # the dog alone
+    assert (mask[:, 30:] == 255).all() and (mask[28:, :30] == 0).all()  # the RLE crowd is ignored; background
+    assert set(np.unique(mask).tolist()) == {0, 1, 3, 255}
+    car = read_label_mask(third.mask_path)
+    assert (car[3:9, 3:9] == 2).all() and (car[22:29, 22:29] == 2).all() and (car[14:17, 14:17] == 0).all()
+    # Boxes: the non-crowd instances' bbox as inclusive pixels, clipped to the image.
+    assert [tuple(b) for b in first.boxes] == [(0, 2, 2, 19, 25), (2, 12, 6, 27, 19)]
+    assert [tuple(b) for b in third.boxes] == [(1, 1, 1, 29, 30)]  # x 1 + 29.4 → 29; y 1 + 29.6 → 30
+    # The val split shares the classes; a rerun rewrites nothing (same digests).
+    assert prepare_data_main(["--kind", "coco", "--root", str(root), "--name", "coco", "--split", "val2014",
+                              "--out-dir", str(out)]) == 0
+    assert read_manifest(out / "val2014.csv").records[0].labels == (2,)
+    before = (out / "train2014.csv").read_text()
+    assert prepare_data_main(["--kind", "coco", "--root", str(root), "--name", "coco", "--split", "train2014",
+                              "--out-dir", str(out)]) == 0
+    assert (out / "train2014.csv").read_text() == before
+
+
+def test_coco_problems_name_the_file(tmp_path: Path) -> None:
+    from wsss_steps.data.adapters import CocoDataset
+
+    root = make_coco(tmp_path / "coco")
+    with pytest.raises(DatasetError, match=r"annotation file not found: .*instances_test2015.json"):
+        CocoDataset(root).split_ids("test2015")
+    path = root / "annotations" / "instances_train2014.json"
+    text = path.read_text()
+    path.write_text(text.replace('"category_id": 3,', '"category_id": 99,'))
+    with pytest.raises(DatasetError, match=r"instances_train2014.json: annotations name category ids \[99\]"):
+        CocoDataset(root).split_ids("train2014")
+    path.write_text(text.replace("COCO_train2014_000000000003.jpg", "../x.jpg"))
+    with pytest.raises(DatasetError, match=r"image 3 has file_name '../x.jpg'; a plain file name"):
+        CocoDataset(root).split_ids("train2014")
+    path.write_text("{}")
+    with pytest.raises(DatasetError, match="not a COCO instances file"):
+        CocoDataset(root).split_ids("train2014")

@@ -52,6 +52,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                             "labels_csv": args.labels_csv, "label_source": args.label_source})
     manifest = build_manifest(dataset, args.split, require_masks=args.require_masks,
                               max_image_pixels=args.max_image_pixels, mask_dir=Path(args.out_dir) / "masks")
+    left_out = getattr(dataset, "left_out", {}).get(args.split, [])
+    if left_out:  # COCO: images without any object have no image-level label
+        log.warning("%s: %d image(s) without any annotated object are left out: %s", args.split, len(left_out),
+                    " ".join(left_out))
     path = write_manifest(manifest, args.out_dir)
     log.info("%s: %d images, %d classes → %s", args.split, len(manifest.records), manifest.num_classes, path)
     return 0

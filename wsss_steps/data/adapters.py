@@ -11,18 +11,22 @@ Layouts:
 - ``voc2012``: a ``VOCdevkit/VOC2012`` folder; masks from ``SegmentationClassAug/`` (SBD converted,
   as IRN and AdvCAM use) or ``SegmentationClass/``; image-level labels from the masks (as IRN's
   ``make_cls_labels``) or from ``Annotations/*.xml``.
+- ``coco``: MS COCO (2014 as the papers): ``annotations/instances_{split}.json`` and ``{split}/``
+  images; masks rasterised from the instances with pycocotools (`CocoDataset`).
 - ``cub``: CUB-200-2011 as distributed (``images.txt``, ``image_class_labels.txt``,
   ``train_test_split.txt``, ``bounding_boxes.txt``, ``classes.txt``, ``images/``, optional
   ``segmentations/``); splits ``train`` and ``test``; one class and one box per image.
 
-An adapter whose masks are not label PNGs (CUB's soft segmentations) has ``converts_masks`` and a
+An adapter whose masks are not label PNGs (CUB's soft segmentations, COCO's polygons) has ``converts_masks`` and a
 ``label_mask(image_id)``: `build_manifest` writes the converted masks once under its ``mask_dir``
 (the dataset's results, never the user's data folder) and records those files.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -348,6 +352,145 @@ class CubDataset:
         return files + _image_and_mask_files(self, split)
 
 
+class CocoDataset:
+    """MS COCO in its official layout, read with pycocotools: ``annotations/instances_{split}.json``
+    and the images in ``{split}/`` (splits are the folder names: ``train2014``, ``val2014``, …).
+
+    Classes: the annotation file's categories in the official order (by category id; 80 for
+    COCO), mask value = index + 1. Image-level labels: the categories of the image's instances,
+    crowd ones included (the object is in the picture). Semantic masks are rasterised once by
+    `build_manifest` into its ``mask_dir`` (the dataset's results): every annotation in the file's
+    order, a later one over an earlier one where they overlap (the order the usual COCO → VOC
+    conversions draw in), non-crowd instances as their class, crowd regions (``iscrowd: 1``, RLE)
+    as 255 (ignored). Images without any annotation have no label: they are left out of the split,
+    and `left_out` lists them (prepare_data logs their count and ids). Boxes: each non-crowd
+    instance's ``bbox`` (x, y, width, height) as inclusive pixels.
+    """
+
+    converts_masks = True
+
+    def __init__(self, root: str | Path, name: str = "coco"):
+        self.root = Path(root)
+        self.name = name
+        if not self.root.is_dir():
+            raise DatasetError(f"dataset {name!r}: COCO folder not found: {self.root}")
+        self._splits: dict[str, Any] = {}  # split → its pycocotools COCO index
+        self._image_split: dict[str, str] = {}
+        self._class_names: tuple[str, ...] | None = None
+        self._category_index: dict[int, int] = {}
+        self.left_out: dict[str, list[str]] = {}  # split → ids of images without any annotation
+
+    def annotation_file(self, split: str) -> Path:
+        return self.root / "annotations" / f"instances_{split}.json"
+
+    def _index(self, split: str) -> Any:
+        if split not in self._splits:
+            from pycocotools.coco import COCO  # noqa: PLC0415 (a heavy import, only for COCO datasets)
+
+            path = self.annotation_file(split)
+            if not path.is_file():
+                raise DatasetError(f"dataset {self.name!r}: annotation file not found: {path}")
+            try:
+                with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+                    coco = COCO(str(path))
+            except (ValueError, KeyError, TypeError, AssertionError) as error:
+                raise DatasetError(f"{path}: not a COCO instances file ({type(error).__name__}: {error})") from error
+            missing = [key for key in ("images", "annotations", "categories") if key not in coco.dataset]
+            if missing:
+                raise DatasetError(f"{path}: not a COCO instances file (no {', '.join(missing)})")
+            categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+            unknown = sorted({a["category_id"] for a in coco.anns.values()} - {c["id"] for c in categories})
+            if unknown:
+                raise DatasetError(f"{path}: annotations name category ids {unknown[:10]} that 'categories' lacks")
+            names = tuple(c["name"] for c in categories)
+            if self._class_names is None:
+                self._class_names = names
+                self._category_index = {c["id"]: i for i, c in enumerate(categories)}
+            elif names != self._class_names:
+                raise DatasetError(f"{path}: categories differ from the other split's ({len(names)} vs "
+                                   f"{len(self._class_names)} classes); both must list COCO's categories")
+            ids, left_out = [], []
+            for info in sorted(coco.loadImgs(coco.getImgIds()), key=lambda i: i["id"]):
+                file_name = str(info.get("file_name", ""))
+                if Path(file_name).name != file_name or not file_name:
+                    raise DatasetError(f"{path}: image {info.get('id')!r} has file_name {file_name!r}; "
+                                       f"a plain file name in {split}/ is expected (no folders, no '..')")
+                image_id = validate_image_id(Path(file_name).stem, str(path))
+                if image_id in self._image_split:
+                    raise DatasetError(f"{path}: image {image_id!r} is listed twice (or also in another split)")
+                self._image_split[image_id] = split
+                (ids if coco.getAnnIds(imgIds=info["id"]) else left_out).append(image_id)
+            self._splits[split] = (coco, ids, {Path(i["file_name"]).stem: i for i in coco.imgs.values()})
+            self.left_out[split] = left_out
+        return self._splits[split]
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        if self._class_names is None:
+            for split in ("train2014", "val2014", "train2017", "val2017"):
+                if self.annotation_file(split).is_file():
+                    self._index(split)
+                    break
+            else:
+                found = sorted(p.name for p in (self.root / "annotations").glob("instances_*.json"))
+                if not found:
+                    raise DatasetError(f"dataset {self.name!r}: no annotations/instances_*.json under {self.root}")
+                self._index(found[0][len("instances_"):-len(".json")])
+        assert self._class_names is not None
+        return self._class_names
+
+    def _info(self, image_id: str) -> tuple[Any, dict[str, Any]]:
+        split = self._image_split.get(image_id)
+        if split is None:
+            raise DatasetError(f"image {image_id!r} is in no loaded COCO annotation file")
+        coco, _, infos = self._splits[split]
+        return coco, infos[image_id]
+
+    def _annotations(self, image_id: str) -> list[dict[str, Any]]:
+        coco, info = self._info(image_id)
+        return coco.loadAnns(coco.getAnnIds(imgIds=info["id"]))
+
+    def split_ids(self, split: str) -> list[str]:
+        _, ids, _ = self._index(split)
+        if not ids:
+            raise DatasetError(f"dataset {self.name!r}: no annotated image in {self.annotation_file(split)}")
+        return list(ids)
+
+    def image_path(self, image_id: str) -> Path:
+        _, info = self._info(image_id)
+        return self.root / self._image_split[image_id] / info["file_name"]
+
+    def mask_path(self, image_id: str) -> Path | None:
+        """Where the image's mask comes from: its split's annotation file (rasterised by label_mask)."""
+        return self.annotation_file(self._image_split[image_id])
+
+    def label_mask(self, image_id: str) -> np.ndarray:
+        coco, info = self._info(image_id)
+        mask = np.zeros((info["height"], info["width"]), dtype=np.uint8)
+        for annotation in self._annotations(image_id):
+            if annotation.get("segmentation") is None:
+                continue
+            value = IGNORE_LABEL if annotation.get("iscrowd") else self._category_index[annotation["category_id"]] + 1
+            mask[coco.annToMask(annotation) > 0] = value
+        return mask
+
+    def labels(self, image_id: str) -> tuple[int, ...]:
+        return tuple(sorted({self._category_index[a["category_id"]] for a in self._annotations(image_id)}))
+
+    def boxes(self, image_id: str) -> tuple[Box, ...]:
+        boxes = []
+        for annotation in self._annotations(image_id):
+            if annotation.get("iscrowd") or not annotation.get("bbox"):
+                continue
+            x, y, width, height = annotation["bbox"]
+            boxes.append(Box(self._category_index[annotation["category_id"]], max(0, round(x)), max(0, round(y)),
+                             max(0, round(x + width) - 1), max(0, round(y + height) - 1)))
+        return tuple(boxes)
+
+    def source_files(self, split: str) -> list[Path]:
+        return [self.annotation_file(split), *(self.image_path(i) for i in self.split_ids(split))]
+
+
 # Adapters by `dataset.kind`: a factory taking the dataset's config section. The schema's enum of
 # dataset.kind equals these names (tests/test_config.py).
 DATASET_KINDS: dict[str, Callable[[Mapping[str, Any]], DatasetAdapter]] = {}
@@ -373,6 +516,11 @@ def _voc_layout(config: Mapping[str, Any]) -> DatasetAdapter:
 @register_kind("cub")
 def _cub(config: Mapping[str, Any]) -> DatasetAdapter:
     return CubDataset(config["root"], name=config["name"])
+
+
+@register_kind("coco")
+def _coco(config: Mapping[str, Any]) -> DatasetAdapter:
+    return CocoDataset(config["root"], name=config["name"])
 
 
 @register_kind("voc2012")
