@@ -15,15 +15,16 @@ shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}:$PYTHONPATH; ")
 
 from wsss_steps.data.adapters import open_dataset  # noqa: E402
 from wsss_steps.data.manifest import read_id_list  # noqa: E402
-from wsss_steps.workflow.config import ConfigError, check_config, missing_weight_files  # noqa: E402
+from wsss_steps.workflow.config import (  # noqa: E402
+    ConfigError,
+    check_config,
+    check_dataset_configs,
+    missing_weight_files,
+)
 
 SCHEMA_PATH = os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
 with open(SCHEMA_PATH) as _schema_file:
-    check_config(config, yaml.safe_load(_schema_file), tuple(workflow.configfiles))
-validate(config, SCHEMA_PATH)
-_missing_weights = missing_weight_files(config)
-if _missing_weights:
-    raise ConfigError("invalid configuration:\n  " + "\n  ".join(_missing_weights))
+    SCHEMA = yaml.safe_load(_schema_file)
 
 
 def _sorted_mapping(value):
@@ -34,28 +35,80 @@ def _sorted_mapping(value):
     return value
 
 
-# Rule params (and the options built from them) follow the config's key order; sorting it here
-# makes reordering keys in config.yaml a no-op instead of a rerun of every stage.
-_canonical_config = _sorted_mapping(config)
+def _checked(settings, files):
+    """A config checked (every problem named) and validated (schema defaults filled in), its keys
+    sorted: rule params (and the options built from them) follow the key order, so reordering
+    keys in a config file is a no-op instead of a rerun of every stage."""
+    check_config(settings, SCHEMA, files)
+    validate(settings, SCHEMA_PATH)
+    missing = missing_weight_files(settings)
+    if missing:
+        where = f" ({', '.join(map(str, files))})" if files else ""
+        raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(missing))
+    return _sorted_mapping(settings)
+
+
+_canonical_config = _checked(config, tuple(workflow.configfiles))
 config.clear()
 config.update(_canonical_config)
 
-# Datasets by name, each with its settings (the config's `dataset:` section; one for now). Rules
-# take the dataset from their {dataset} wildcard and look its settings up here.
-DATASETS = {config["dataset"]["name"]: config["dataset"]}
+# Several datasets in one run: this config's dataset, and one more per file of `datasets_from`
+# (each a whole config of its own: its dataset, entries, experiments and stage settings). Rules
+# take the dataset from their {dataset} wildcard and read its config through dataset_config();
+# the run-level keys (device, gpu_available, shards, resources) are this config's.
+DATASET_CONFIGS = {config["dataset"]["name"]: config}
+for _path in config.get("datasets_from", []):
+    if not os.path.isfile(_path):
+        raise ConfigError(f"datasets_from: config file not found: {_path}")
+    with open(_path) as _file:
+        _other = _checked(yaml.safe_load(_file) or {}, (_path,))
+    if _other.get("datasets_from"):
+        raise ConfigError(f"{_path}: datasets_from is read from the main config only, not from {_path}")
+    if _other["dataset"]["name"] in DATASET_CONFIGS:
+        raise ConfigError(f"{_path}: dataset name {_other['dataset']['name']!r} is already in this run; "
+                          "each dataset needs its own name (results/<name>/)")
+    DATASET_CONFIGS[_other["dataset"]["name"]] = _other
+_cross_problems = check_dataset_configs(DATASET_CONFIGS)
+if _cross_problems:
+    raise ConfigError("invalid configuration:\n  " + "\n  ".join(_cross_problems))
+
+
+def dataset_config(wildcards):
+    """The config of a dataset: by name, or of a job's {dataset} wildcard."""
+    return DATASET_CONFIGS[wildcards if isinstance(wildcards, str) else wildcards.dataset]
+
+
+DATASETS = {name: settings["dataset"] for name, settings in DATASET_CONFIGS.items()}
 NUM_SHARDS = config["shards"]
-EXPERIMENTS = config["experiments"]
 RESOURCES = config["resources"]
 GPU = 1 if config["gpu_available"] else 0
 
 
+def experiments(dataset):
+    return DATASET_CONFIGS[dataset]["experiments"]
+
+
+def _names(section):
+    """Every dataset's entries of a config section (the wildcards' constraints)."""
+    return list(dict.fromkeys(name for c in DATASET_CONFIGS.values() for name in c.get(section) or {}))
+
+
 FULL = "full"  # experiments' reserved seeds name: the segmentation network on ground-truth masks
-SEGMENTATION = config["segmentation"]
-SALIENCY = config.get("saliency", {})
-# Seeds entries that take another entry's maps with a saliency background (rule saliency_seeds);
-# the others are computed from a classifier (rule seeds_shard).
-DERIVED_SEEDS = {name: s for name, s in config["seeds"].items() if s["method"] == "saliency_background"}
-COMPUTED_SEEDS = [name for name in config["seeds"] if name not in DERIVED_SEEDS]
+
+
+def saliency_entries(wildcards):
+    return dataset_config(wildcards).get("saliency") or {}
+
+
+def derived_seeds(wildcards):
+    """Seeds entries that take another entry's maps with a saliency background (rule
+    saliency_seeds); the others are computed from a classifier (rule seeds_shard). A name means
+    the same kind of entry in every dataset of the run (check_dataset_configs)."""
+    return {name: s for name, s in dataset_config(wildcards)["seeds"].items() if s["method"] == "saliency_background"}
+
+
+DERIVED_SEED_NAMES = [name for d in DATASETS for name in derived_seeds(d)]
+COMPUTED_SEED_NAMES = [name for name in _names("seeds") if name not in DERIVED_SEED_NAMES]
 NEVER = "(?!)"  # the constraint of a wildcard whose config section is empty
 
 
@@ -73,29 +126,39 @@ def segmentation_name(experiment):
     return f"{experiment['seeds']}+{Path(subset).stem}" if subset else experiment["seeds"]
 
 
-# Semi-supervised segmentation networks by name: their seeds and ground-truth subset file.
-SEMI_SUPERVISED = {segmentation_name(e): (e["seeds"], ground_truth_subset(e))
-                   for e in EXPERIMENTS if ground_truth_subset(e)}
+def semi_supervised(wildcards):
+    """A dataset's semi-supervised segmentation networks by name: their seeds and subset file."""
+    dataset = wildcards if isinstance(wildcards, str) else wildcards.dataset
+    return {segmentation_name(e): (e["seeds"], ground_truth_subset(e))
+            for e in experiments(dataset) if ground_truth_subset(e)}
 
 
-def masks_seeds(masks):
+SEMI_SUPERVISED_NAMES = list(dict.fromkeys(name for d in DATASETS for name in semi_supervised(d)))
+
+
+def masks_seeds(wildcards):
     """The seeds entry whose pseudo masks a segmentation network trains on (`full`: none)."""
-    return SEMI_SUPERVISED[masks][0] if masks in SEMI_SUPERVISED else masks
+    semi = semi_supervised(wildcards)
+    return semi[wildcards.masks][0] if wildcards.masks in semi else wildcards.masks
+
+
+def _alternatives(names):
+    return "|".join(re.escape(name) for name in names) or NEVER
 
 
 wildcard_constraints:
-    dataset="|".join(DATASETS),
-    classifier="|".join(config["classifiers"]),
-    seeds="|".join(config["seeds"]),
-    masks="|".join(re.escape(name) for name in [*config["seeds"], FULL, *SEMI_SUPERVISED]),
+    dataset=_alternatives(DATASETS),
+    classifier=_alternatives(_names("classifiers")),
+    seeds=_alternatives(_names("seeds")),
+    masks=_alternatives([*_names("seeds"), FULL, *SEMI_SUPERVISED_NAMES]),
     sweep_stage="seeds|seeds_crf|pseudo_masks|pseudo_masks_crf",
     seg_stage="segmentation|segmentation_crf",
     split="[A-Za-z0-9_]+",
     shard=r"\d+",
-    # A seeds name, `full` (the segmentation network on ground-truth masks) or a weight_maps name.
-    entry="|".join(re.escape(name) for name in [*config["seeds"], FULL, *SEMI_SUPERVISED,
-                                                *config.get("weight_maps", {})]),
-    saliency="|".join(SALIENCY) or NEVER,
+    # A seeds name, `full` (the segmentation network on ground-truth masks), a semi-supervised
+    # network's name or a weight_maps name.
+    entry=_alternatives([*_names("seeds"), FULL, *SEMI_SUPERVISED_NAMES, *_names("weight_maps")]),
+    saliency=_alternatives(_names("saliency")),
 
 
 def cli_value(value):
@@ -213,8 +276,9 @@ def seeds_stage_settings(section, wildcards):
     Rule params hold exactly this, so an override reruns that entry's stages only, and an override
     equal to the shared value reruns nothing.
     """
-    settings = {key: value for key, value in config[section].items() if key != "per_seeds"}
-    settings.update(config[section]["per_seeds"].get(wildcards.seeds, {}))
+    section_settings = dataset_config(wildcards)[section]
+    settings = {key: value for key, value in section_settings.items() if key != "per_seeds"}
+    settings.update(section_settings["per_seeds"].get(wildcards.seeds, {}))
     return dict(sorted(settings.items()))
 
 
@@ -222,17 +286,18 @@ def affinity_settings(wildcards):
     """The affinity section for one seeds entry: IRN's two thresholds, or for seeds with a saliency
     background P-NOC's saliency-aware rule (its thresholds only)."""
     settings = seeds_stage_settings("affinity", wildcards)
-    unused = ("conf_fg", "conf_bg") if wildcards.seeds in DERIVED_SEEDS else ("sal_bg_threshold", "sal_fg_threshold")
+    derived = wildcards.seeds in derived_seeds(wildcards)
+    unused = ("conf_fg", "conf_bg") if derived else ("sal_bg_threshold", "sal_fg_threshold")
     return {k: v for k, v in settings.items() if k not in unused}
 
 
 def affinity_saliency_option(wildcards, input):
     """Seeds with a saliency background carry the saliency in their own file."""
-    return f"--saliency {shlex.quote(input.seeds)}" if wildcards.seeds in DERIVED_SEEDS else ""
+    return f"--saliency {shlex.quote(input.seeds)}" if wildcards.seeds in derived_seeds(wildcards) else ""
 
 
 def classifier_settings(wildcards):
-    return config["classifiers"][wildcards.classifier]
+    return dataset_config(wildcards)["classifiers"][wildcards.classifier]
 
 
 def classifier_inputs(wildcards):
@@ -255,7 +320,7 @@ def ordinary_option(wildcards, input):
 
 
 def seed_settings(wildcards):
-    return config["seeds"][wildcards.seeds]
+    return dataset_config(wildcards)["seeds"][wildcards.seeds]
 
 
 def saliency_maps_file(wildcards, entry):
@@ -277,7 +342,7 @@ def seed_options(wildcards, input):
 
 def derived_seed_inputs(wildcards):
     """Seeds with a saliency background: the seeds entry they take and the saliency entry's maps."""
-    settings = DERIVED_SEEDS[wildcards.seeds]
+    settings = derived_seeds(wildcards)[wildcards.seeds]
     return {
         "seeds": f"results/{wildcards.dataset}/seeds/{wildcards.classifier}/{settings['seeds']}/maps.h5",
         "saliency": saliency_maps_file(wildcards, settings["saliency"]),
@@ -287,10 +352,10 @@ def derived_seed_inputs(wildcards):
 def derived_seed_map(wildcards):
     """Which saliency is the background: `saliency_map`, by default P-NOC's (the dCRF-refined
     pseudo-saliency mask of C²AM and C²AM-H, the refinement network's map)."""
-    settings = DERIVED_SEEDS[wildcards.seeds]
+    settings = derived_seeds(wildcards)[wildcards.seeds]
     choice = settings.get("saliency_map") or "auto"
     if choice == "auto":
-        choice = "map" if SALIENCY[settings["saliency"]]["method"] == "refined" else "mask"
+        choice = "map" if saliency_entries(wildcards)[settings["saliency"]]["method"] == "refined" else "mask"
     return "saliency" if choice == "map" else "saliency_mask"
 
 
@@ -300,7 +365,7 @@ SALIENCY_REFERENCE_KEYS = ("method", "classifier", "seeds", "source")
 
 
 def saliency_settings(wildcards):
-    return SALIENCY[wildcards.saliency]
+    return saliency_entries(wildcards)[wildcards.saliency]
 
 
 def saliency_training(wildcards):
@@ -337,25 +402,35 @@ def saliency_shard_files(wildcards):
                   dataset=wildcards.dataset, saliency=wildcards.saliency, shard=range(NUM_SHARDS), n=NUM_SHARDS)
 
 
-def hint_seeds():
+def hint_seeds(dataset):
     """(classifier, seeds) of every C²AM-H entry's hints, once each: their own foreground is scored
     beside the saliency it taught."""
-    return sorted({(s["classifier"], s["seeds"]) for s in SALIENCY.values() if s["method"] == "c2am_h"})
+    return sorted({(s["classifier"], s["seeds"]) for s in saliency_entries(dataset).values() if s["method"] == "c2am_h"})
 
 
 def saliency_row_files(dataset):
-    rows = [f"results/{dataset}/eval/saliency/{name}/summary_rows.csv" for name in SALIENCY]
-    rows += [f"results/{dataset}/eval/saliency_hints/{c}/{s}/summary_rows.csv" for c, s in hint_seeds()]
+    rows = [f"results/{dataset}/eval/saliency/{name}/summary_rows.csv" for name in saliency_entries(dataset)]
+    rows += [f"results/{dataset}/eval/saliency_hints/{c}/{s}/summary_rows.csv" for c, s in hint_seeds(dataset)]
     return rows
 
 
 # WSOL (rules/wsol.smk): maps of the WSOL images of two splits (the box threshold is calibrated on
 # the first, applied to the second), from seeds entries (cam, advcam) or weight_maps entries.
-WSOL = config.get("wsol") or {"experiments": []}
-WSOL_EXPERIMENTS = WSOL.get("experiments", [])
-WEIGHT_MAPS = config.get("weight_maps", {})
+def wsol_settings(wildcards):
+    return dataset_config(wildcards).get("wsol") or {"experiments": []}
+
+
+def wsol_experiments(wildcards):
+    return wsol_settings(wildcards).get("experiments", [])
+
+
+def weight_maps(wildcards):
+    return dataset_config(wildcards).get("weight_maps") or {}
+
+
 WSOL_PARTS = {"wsol_calibration": "calibration_split", "wsol_evaluation": "evaluation_split"}
-WSOL_SEEDS = sorted({e["maps"] for e in WSOL_EXPERIMENTS if e["maps"] in config["seeds"]})
+WSOL_SEED_NAMES = sorted({e["maps"] for c in DATASET_CONFIGS.values() for e in (c.get("wsol") or {}).get("experiments", [])
+                          if e["maps"] in c["seeds"]})
 WEIGHT_MAP_TRAINING_KEYS = ("backbone", "backbone_weights", "pretrained", "l1_weight", "epochs", "batch_size",
                             "lr", "weight_decay", "resize_long", "crop", "seed")
 
@@ -366,7 +441,7 @@ def wsol_manifest(wildcards, split):
 
 
 def wsol_part_manifest(wildcards):
-    return wsol_manifest(wildcards, WSOL[WSOL_PARTS[wildcards.map_stage]])
+    return wsol_manifest(wildcards, wsol_settings(wildcards)[WSOL_PARTS[wildcards.map_stage]])
 
 
 def wsol_maps(wildcards, part):
@@ -374,23 +449,23 @@ def wsol_maps(wildcards, part):
 
 
 def wsol_seed_options(wildcards):
-    return cli_options(config["seeds"][wildcards.entry])
+    return cli_options(dataset_config(wildcards)["seeds"][wildcards.entry])
 
 
 def wsol_threshold(wildcards):
     """calibrate for seeds entries; a weight_maps entry's box_threshold (the paper's max/10)."""
-    if wildcards.entry in WEIGHT_MAPS:
-        return str(WEIGHT_MAPS[wildcards.entry]["box_threshold"])
+    if wildcards.entry in weight_maps(wildcards):
+        return str(weight_maps(wildcards)[wildcards.entry]["box_threshold"])
     return "calibrate"
 
 
 def wsol_eval_inputs(wildcards):
     inputs = {"maps": wsol_maps(wildcards, "wsol_evaluation"),
-              "manifest": wsol_manifest(wildcards, WSOL["evaluation_split"]),
+              "manifest": wsol_manifest(wildcards, wsol_settings(wildcards)["evaluation_split"]),
               "classifier": f"results/{wildcards.dataset}/classifier/{wildcards.classifier}/model.pt"}
     if wsol_threshold(wildcards) == "calibrate":
         inputs.update(calibration_maps=wsol_maps(wildcards, "wsol_calibration"),
-                      calibration_manifest=wsol_manifest(wildcards, WSOL["calibration_split"]))
+                      calibration_manifest=wsol_manifest(wildcards, wsol_settings(wildcards)["calibration_split"]))
     return inputs
 
 
@@ -402,12 +477,13 @@ def wsol_calibration_options(wildcards, input):
 
 
 def weight_map_options(wildcards):
-    settings = WEIGHT_MAPS[wildcards.entry]
+    settings = weight_maps(wildcards)[wildcards.entry]
     return cli_options({key: settings[key] for key in WEIGHT_MAP_TRAINING_KEYS if key in settings})
 
 
 def wsol_row_files(dataset):
-    return [f"results/{dataset}/eval/wsol/{e['classifier']}/{e['maps']}/summary_rows.csv" for e in WSOL_EXPERIMENTS]
+    return [f"results/{dataset}/eval/wsol/{e['classifier']}/{e['maps']}/summary_rows.csv"
+            for e in wsol_experiments(dataset)]
 
 
 def has_segmentation(experiment):
@@ -417,16 +493,15 @@ def has_segmentation(experiment):
     return experiment.get("segmentation", True) and experiment.get("pseudo_masks", True)
 
 
-SEGMENTATION_EXPERIMENTS = [e for e in EXPERIMENTS if has_segmentation(e)]
+def segmentation_experiments(dataset):
+    return [e for e in experiments(dataset) if has_segmentation(e)]
 
 
 def check_val_masks():
     """Before any job: a segmentation network is evaluated on the val split, so every val image
     of a user's dataset needs its mask (generated datasets always have them)."""
-    if not SEGMENTATION_EXPERIMENTS:
-        return
     for name, settings in DATASETS.items():
-        if name in GENERATED_DATASETS:
+        if name in GENERATED_DATASETS or not segmentation_experiments(name):
             continue
         dataset = dataset_adapter(name)
         split = settings["val_split"]
@@ -444,8 +519,8 @@ check_val_masks()
 def check_ground_truth_subsets():
     """Before any job: a semi-supervised experiment's ground-truth images are images of the train
     split with a mask (a user's dataset; a generated one is checked by train_segmentation)."""
-    for masks, (_, subset) in SEMI_SUPERVISED.items():
-        for name, settings in DATASETS.items():
+    for name, settings in DATASETS.items():
+        for masks, (_, subset) in semi_supervised(name).items():
             if name in GENERATED_DATASETS:
                 continue
             dataset = dataset_adapter(name)
@@ -463,17 +538,19 @@ def check_ground_truth_subsets():
 check_ground_truth_subsets()
 
 
-def experiment_stages(experiment):
+def experiment_stages(dataset, experiment):
     """The evaluated stages of an experiment, in pipeline order. A semi-supervised experiment has
     its segmentation stages only: its seeds and pseudo masks are those of the weakly supervised
     experiment with the same classifier and seeds."""
     stages = []
     if experiment["seeds"] != FULL and not ground_truth_subset(experiment):
-        stages += ["seeds", "seeds_crf"] if config["evaluation"]["seeds"]["crf"] else ["seeds"]
+        settings = DATASET_CONFIGS[dataset]
+        stages += ["seeds", "seeds_crf"] if settings["evaluation"]["seeds"]["crf"] else ["seeds"]
         if experiment.get("pseudo_masks", True):
-            stages += ["pseudo_masks", "pseudo_masks_crf"] if config["pseudo_masks"]["crf"] else ["pseudo_masks"]
+            stages += ["pseudo_masks", "pseudo_masks_crf"] if settings["pseudo_masks"]["crf"] else ["pseudo_masks"]
     if has_segmentation(experiment):
-        stages += ["segmentation", "segmentation_crf"] if SEGMENTATION["crf"] else ["segmentation"]
+        crf = DATASET_CONFIGS[dataset]["segmentation"]["crf"]
+        stages += ["segmentation", "segmentation_crf"] if crf else ["segmentation"]
     return stages
 
 
@@ -483,11 +560,11 @@ def summary_row_files():
         rows += saliency_row_files(dataset)
         rows += [
             f"results/{dataset}/classifier/{name}/summary_rows.csv"
-            for name in sorted({e["classifier"] for e in [*EXPERIMENTS, *WSOL_EXPERIMENTS]})
+            for name in sorted({e["classifier"] for e in [*experiments(dataset), *wsol_experiments(dataset)]})
         ]
         rows += wsol_row_files(dataset)
-        for experiment in EXPERIMENTS:
-            for stage in experiment_stages(experiment):
+        for experiment in experiments(dataset):
+            for stage in experiment_stages(dataset, experiment):
                 name = segmentation_name(experiment) if stage in SEGMENTATION_STAGES else experiment["seeds"]
                 rows.append(f"results/{dataset}/eval/{stage}/{experiment['classifier']}/{name}/summary_rows.csv")
     return list(dict.fromkeys(rows))
@@ -495,7 +572,6 @@ def summary_row_files():
 
 # Evaluations (rules/evaluation.smk)
 
-EVALUATION = config["evaluation"]
 # The swept stages (the seed split; a background-threshold sweep, curve.csv) and the maps each scores.
 SWEEP_MAPS = {
     "seeds": "seeds/{classifier}/{seeds}/maps.h5",
@@ -517,26 +593,27 @@ def pseudo_mask_threshold(wildcards):
 def sweep_settings(wildcards):
     """What a swept stage's scores depend on besides its inputs (a param: changed, it reruns)."""
     if wildcards.sweep_stage in ("seeds", "seeds_crf"):
-        return EVALUATION["seeds"]
+        return dataset_config(wildcards)["evaluation"]["seeds"]
     if wildcards.sweep_stage == "pseudo_masks":
-        return EVALUATION["pseudo_masks"]
+        return dataset_config(wildcards)["evaluation"]["pseudo_masks"]
     return {"threshold": pseudo_mask_threshold(wildcards)}
 
 
 def sweep_options(wildcards):
     """A swept stage's --map-name and --thresholds (start stop step), and dCRF options."""
     stage = wildcards.sweep_stage
-    if wildcards.seeds in DERIVED_SEEDS and stage in ("seeds", "seeds_crf"):
+    evaluation = dataset_config(wildcards)["evaluation"]
+    if wildcards.seeds in derived_seeds(wildcards) and stage in ("seeds", "seeds_crf"):
         # P-NOC's scoring of saliency: 1 − saliency is each pixel's background score, no sweep.
         return "--map-name cam --saliency-background" + (" --crf" if stage == "seeds_crf" else "")
     if stage == "seeds":
-        return f"--map-name cam --thresholds {cli_value(EVALUATION['seeds']['thresholds'])}"
+        return f"--map-name cam --thresholds {cli_value(evaluation['seeds']['thresholds'])}"
     if stage == "seeds_crf":
-        return (f"--map-name cam --thresholds {cli_value(EVALUATION['seeds']['crf_thresholds'])} "
-                f"--crf --workers {EVALUATION['seeds']['crf_workers']}")
+        return (f"--map-name cam --thresholds {cli_value(evaluation['seeds']['crf_thresholds'])} "
+                f"--crf --workers {evaluation['seeds']['crf_workers']}")
     if stage == "pseudo_masks":
         # The random walk's normalised scores, swept over sem_seg_bg_thres (best recorded).
-        return f"--map-name cam --thresholds {cli_value(EVALUATION['pseudo_masks']['thresholds'])}"
+        return f"--map-name cam --thresholds {cli_value(evaluation['pseudo_masks']['thresholds'])}"
     # pseudo_masks_crf: the dCRF-refined masks at the walk's sem_seg_bg_thres. Their one-hot form
     # scored at that single threshold reproduces the masks exactly.
     threshold = cli_value(pseudo_mask_threshold(wildcards))
@@ -544,7 +621,7 @@ def sweep_options(wildcards):
 
 
 def sweep_threads(wildcards):
-    return EVALUATION["seeds"]["crf_workers"] if wildcards.sweep_stage == "seeds_crf" else 1
+    return dataset_config(wildcards)["evaluation"]["seeds"]["crf_workers"] if wildcards.sweep_stage == "seeds_crf" else 1
 
 
 # Segmentation (rules/segmentation.smk)
@@ -552,51 +629,60 @@ def sweep_threads(wildcards):
 SEGMENTATION_STAGES = ("segmentation", "segmentation_crf")
 
 SEGMENTATION_INFERENCE_KEYS = ("test_scales", "flip", "crf")
-SEGMENTATION_TRAINING = {
-    k: v
-    for k, v in SEGMENTATION.items()
-    if k not in (*SEGMENTATION_INFERENCE_KEYS, "init_from_classifier", "checkpoint_every")
-}
+
+
+def segmentation_settings(wildcards):
+    return dataset_config(wildcards)["segmentation"]
+
+
+def segmentation_training(wildcards):
+    """What shapes the trained segmentation network (a param: changed, it retrains)."""
+    return {k: v for k, v in segmentation_settings(wildcards).items()
+            if k not in (*SEGMENTATION_INFERENCE_KEYS, "init_from_classifier", "checkpoint_every")}
+
+
+def segmentation_inference(wildcards):
+    return {k: segmentation_settings(wildcards)[k] for k in SEGMENTATION_INFERENCE_KEYS}
+
+
+def segmentation_inference_options(wildcards):
+    settings = segmentation_settings(wildcards)
+    return cli_options({"scales": settings["test_scales"], "flip": settings["flip"], "crf": settings["crf"]})
 
 
 def segmentation_train_inputs(wildcards):
     inputs = {}
-    if SEGMENTATION["init_from_classifier"]:
+    if segmentation_settings(wildcards)["init_from_classifier"]:
         inputs["classifier"] = f"results/{wildcards.dataset}/classifier/{wildcards.classifier}/model.pt"
     if wildcards.masks != FULL:
         inputs["masks"] = (
-            f"results/{wildcards.dataset}/pseudo_masks/{wildcards.classifier}/{masks_seeds(wildcards.masks)}/masks.h5"
+            f"results/{wildcards.dataset}/pseudo_masks/{wildcards.classifier}/{masks_seeds(wildcards)}/masks.h5"
         )
-    if wildcards.masks in SEMI_SUPERVISED:
-        inputs["ground_truth_subset"] = SEMI_SUPERVISED[wildcards.masks][1]
+    if wildcards.masks in semi_supervised(wildcards):
+        inputs["ground_truth_subset"] = semi_supervised(wildcards)[wildcards.masks][1]
     return inputs
 
 
 def segmentation_sources(wildcards, input):
-    init = f"--init-classifier {shlex.quote(input.classifier)}" if SEGMENTATION["init_from_classifier"] else ""
+    init = f"--init-classifier {shlex.quote(input.classifier)}" if "classifier" in input.keys() else ""
     masks = "--ground-truth" if wildcards.masks == FULL else f"--masks {shlex.quote(input.masks)}"
     if "ground_truth_subset" in input.keys():
         masks += f" --ground-truth-subset {shlex.quote(input.ground_truth_subset)}"
     return f"{masks} {init}"
 
 
-SEGMENTATION_INFERENCE = cli_options(
-    {"scales": SEGMENTATION["test_scales"], "flip": SEGMENTATION["flip"], "crf": SEGMENTATION["crf"]}
-)
-
-
 # Report (rules/report.smk)
 
 def named_experiment(wildcards):
     """The experiment of a report's {classifier} and {masks} (its segmentation name)."""
-    return next(e for e in EXPERIMENTS if e["classifier"] == wildcards.classifier
+    return next(e for e in experiments(wildcards.dataset) if e["classifier"] == wildcards.classifier
                 and segmentation_name(e) == wildcards.masks)
 
 
 def sweep_curves(wildcards):
     """The swept stages of an experiment (seeds, +CRF, pseudo masks) and their curve files."""
     experiment = named_experiment(wildcards)
-    swept = [s for s in experiment_stages(experiment) if s in ("seeds", "seeds_crf", "pseudo_masks")]
+    swept = [s for s in experiment_stages(wildcards.dataset, experiment) if s in ("seeds", "seeds_crf", "pseudo_masks")]
     return {
         stage: f"results/{wildcards.dataset}/eval/{stage}/{wildcards.classifier}/{wildcards.masks}/curve.csv"
         for stage in swept
@@ -607,7 +693,7 @@ def per_class_tables(wildcards):
     experiment = named_experiment(wildcards)
     return {
         stage: f"results/{wildcards.dataset}/eval/{stage}/{wildcards.classifier}/{wildcards.masks}/per_class.csv"
-        for stage in experiment_stages(experiment)
+        for stage in experiment_stages(wildcards.dataset, experiment)
     }
 
 
@@ -618,7 +704,7 @@ def gallery_inputs(wildcards):
         "predictions": f"{base}/segmentation/{wildcards.classifier}/{wildcards.masks}/gallery.h5",
     }
     if wildcards.masks != FULL:
-        seeds = masks_seeds(wildcards.masks)
+        seeds = masks_seeds(wildcards)
         inputs["seeds"] = f"{base}/seeds/{wildcards.classifier}/{seeds}/maps.h5"
         inputs["seeds_rows"] = f"{base}/eval/seeds/{wildcards.classifier}/{seeds}/summary_rows.csv"
         inputs["pseudo_masks"] = f"{base}/pseudo_masks/{wildcards.classifier}/{seeds}/masks.h5"
@@ -629,16 +715,18 @@ def pairs(mapping):
     return " ".join(shlex.quote(f"{name}={path}") for name, path in mapping.items())
 
 
-def seed_experiments():
-    """The experiments with seeds (every one but full supervision), in config order."""
-    return [e for e in EXPERIMENTS if e["seeds"] != FULL]
+def seed_experiments(dataset):
+    """The experiments with seeds (every one but full supervision), in config order, each
+    seeds entry once (a semi-supervised experiment shares its weakly supervised one's)."""
+    unique = {(e["classifier"], e["seeds"]): e for e in experiments(dataset) if e["seeds"] != FULL}
+    return list(unique.values())
 
 
 def seeds_curves(wildcards):
     """Every seed method's threshold sweep of a dataset, named classifier/seeds (report_seeds_precision_recall)."""
     return {
         f"{e['classifier']}/{e['seeds']}": f"results/{wildcards.dataset}/eval/seeds/{e['classifier']}/{e['seeds']}/curve.csv"
-        for e in seed_experiments()
+        for e in seed_experiments(wildcards.dataset)
     }
 
 
@@ -646,25 +734,25 @@ def report_files():
     files = []
     for dataset in DATASETS:
         files.append(f"results/{dataset}/report/stages.html")
-        if seed_experiments():
+        if seed_experiments(dataset):
             files.append(f"results/{dataset}/report/seeds_precision_recall.png")
-        for experiment in SEGMENTATION_EXPERIMENTS:
+        for experiment in segmentation_experiments(dataset):
             name = segmentation_name(experiment)
             folder = f"results/{dataset}/report/{experiment['classifier']}/{name}"
             files += [f"{folder}/per_class.png", f"{folder}/gallery.png"]
             if experiment["seeds"] != FULL and not ground_truth_subset(experiment):
                 files.append(f"{folder}/sweep.png")
             png = f"results/{dataset}/segmentation/{experiment['classifier']}/{name}"
-            files += [f"{png}/png", f"{png}/png_crf"] if SEGMENTATION["crf"] else [f"{png}/png"]
-        if WSOL_EXPERIMENTS:
+            files += [f"{png}/png", f"{png}/png_crf"] if segmentation_settings(dataset)["crf"] else [f"{png}/png"]
+        if wsol_experiments(dataset):
             files.append(f"results/{dataset}/report/wsol_boxes.png")
     return files
 
 
 def wsol_box_files(wildcards):
     """Every WSOL experiment's boxes and evaluation maps, named classifier/maps (report_wsol_boxes)."""
-    files = {"manifest": wsol_manifest(wildcards, WSOL["evaluation_split"])}
-    for e in WSOL_EXPERIMENTS:
+    files = {"manifest": wsol_manifest(wildcards, wsol_settings(wildcards)["evaluation_split"])}
+    for e in wsol_experiments(wildcards):
         name = f"{e['classifier']}/{e['maps']}"
         files[f"boxes {name}"] = f"results/{wildcards.dataset}/eval/wsol/{name}/boxes.csv"
         files[f"maps {name}"] = f"results/{wildcards.dataset}/wsol_evaluation/{name}/maps.h5"

@@ -47,8 +47,10 @@ rule prepare_data:
         "results/{dataset}/benchmarks/prepare_data_{split}.tsv"
     threads: 1
     resources:
-        mem_mb=2000,
-        runtime=60,
+        # COCO: pycocotools' index of instances_train2014.json (448 MB) takes several GB, and
+        # rasterising 82,783 masks about half an hour (README, "MS COCO 2014").
+        mem_mb=lambda w: 16000 if dataset_settings(w)["kind"] == "coco" else 2000,
+        runtime=lambda w: 240 if dataset_settings(w)["kind"] == "coco" else 60,
     conda:
         "../envs/wsss.yaml"
     shell:

@@ -39,9 +39,9 @@ rule train_relation:
         model="results/{dataset}/relation/{classifier}/{seeds}/model.pt",
         metrics="results/{dataset}/relation/{classifier}/{seeds}/metrics.csv",
     params:
-        settings=config["relation"],
-        options=cli_options(config["relation"], skip=("checkpoint_every",)),
-        checkpoint_every=config["relation"]["checkpoint_every"],
+        settings=lambda w: dataset_config(w)["relation"],
+        options=lambda w: cli_options(dataset_config(w)["relation"], skip=("checkpoint_every",)),
+        checkpoint_every=lambda w: dataset_config(w)["relation"]["checkpoint_every"],
         checkpoints="results/{dataset}/relation/{classifier}/{seeds}/checkpoints",
         device=config["device"],
     log:
@@ -97,8 +97,8 @@ rule pseudo_masks:
         masks="results/{dataset}/pseudo_masks/{classifier}/{seeds}/masks.h5",
         png=directory("results/{dataset}/pseudo_masks/{classifier}/{seeds}/png"),
     params:
-        settings=config["pseudo_masks"],
-        options=cli_options(config["pseudo_masks"]),
+        settings=lambda w: dataset_config(w)["pseudo_masks"],
+        options=lambda w: cli_options(dataset_config(w)["pseudo_masks"]),
     log:
         "logs/{dataset}/pseudo_masks_{classifier}_{seeds}.log",
     benchmark:

@@ -10,6 +10,7 @@ rule report_table:
             "results/{dataset}/report/stages.html",
             caption="../report/stages.rst",
             category="1. Stage-by-stage mIoU",
+            labels={"dataset": "{dataset}", "figure": "stage table"},
         ),
     log:
         "logs/{dataset}/report_table.log",
@@ -22,7 +23,8 @@ rule report_table:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.report_figures table --summary {input:q} --out {output:q} 2> {log:q}"
+        "python -m wsss_steps.report_figures table --summary {input:q} --dataset {wildcards.dataset} "
+        "--out {output:q} 2> {log:q}"
 
 
 rule report_sweep:
@@ -33,8 +35,8 @@ rule report_sweep:
             "results/{dataset}/report/{classifier}/{masks}/sweep.png",
             caption="../report/sweep.rst",
             category="2. Experiments",
-            subcategory="{classifier} / {masks}",
-            labels={"experiment": "{classifier} / {masks}", "figure": "threshold sweep"},
+            subcategory="{dataset}: {classifier} / {masks}",
+            labels={"dataset": "{dataset}", "experiment": "{classifier} / {masks}", "figure": "threshold sweep"},
         ),
     params:
         curves=lambda w, input: pairs(dict(input.items())),
@@ -62,6 +64,7 @@ rule report_seeds_precision_recall:
             "results/{dataset}/report/seeds_precision_recall.png",
             caption="../report/precision_recall.rst",
             category="1. Stage-by-stage mIoU",
+            labels={"dataset": "{dataset}", "figure": "seeds: precision against recall"},
         ),
     params:
         curves=lambda w, input: pairs(dict(input.items())),
@@ -89,8 +92,8 @@ rule report_per_class:
             "results/{dataset}/report/{classifier}/{masks}/per_class.png",
             caption="../report/per_class.rst",
             category="2. Experiments",
-            subcategory="{classifier} / {masks}",
-            labels={"experiment": "{classifier} / {masks}", "figure": "per-class IoU"},
+            subcategory="{dataset}: {classifier} / {masks}",
+            labels={"dataset": "{dataset}", "experiment": "{classifier} / {masks}", "figure": "per-class IoU"},
         ),
     params:
         tables=lambda w, input: pairs(dict(input.items())),
@@ -117,17 +120,17 @@ rule report_gallery:
             "results/{dataset}/report/{classifier}/{masks}/gallery.png",
             caption="../report/gallery.rst",
             category="2. Experiments",
-            subcategory="{classifier} / {masks}",
-            labels={"experiment": "{classifier} / {masks}", "figure": "gallery"},
+            subcategory="{dataset}: {classifier} / {masks}",
+            labels={"dataset": "{dataset}", "experiment": "{classifier} / {masks}", "figure": "gallery"},
         ),
     params:
-        gallery_images=config["report"]["gallery_images"],
+        gallery_images=lambda w: dataset_config(w)["report"]["gallery_images"],
         stages=lambda w, input: " ".join(
             f"--{name.replace('_', '-')} {shlex.quote(path)}"
             for name, path in input.items()
             if name not in ("manifest", "predictions")
         ),
-        crf=cli_options({"crf": SEGMENTATION["crf"]}),
+        crf=lambda w: cli_options({"crf": segmentation_settings(w)["crf"]}),
     log:
         "logs/{dataset}/report_gallery_{classifier}_{masks}.log",
     benchmark:

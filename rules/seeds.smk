@@ -12,7 +12,7 @@ rule seeds_shard:
     output:
         "results/{dataset}/seeds/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
     wildcard_constraints:
-        seeds="|".join(COMPUTED_SEEDS) or NEVER,
+        seeds=_alternatives(COMPUTED_SEED_NAMES),
     params:
         settings=seed_settings,
         options=seed_options,
@@ -46,7 +46,7 @@ rule saliency_seeds:
     output:
         "results/{dataset}/seeds/{classifier}/{seeds}/maps.h5",
     wildcard_constraints:
-        seeds="|".join(DERIVED_SEEDS) or NEVER,
+        seeds=_alternatives(DERIVED_SEED_NAMES),
     params:
         saliency_map=derived_seed_map,
     log:

@@ -13,11 +13,11 @@ rule train_segmentation:
         model="results/{dataset}/segmentation/{classifier}/{masks}/model.pt",
         metrics="results/{dataset}/segmentation/{classifier}/{masks}/metrics.csv",
     params:
-        settings=SEGMENTATION_TRAINING,
-        init_from_classifier=SEGMENTATION["init_from_classifier"],
+        settings=segmentation_training,
+        init_from_classifier=lambda w: segmentation_settings(w)["init_from_classifier"],
         sources=segmentation_sources,
-        options=cli_options(SEGMENTATION_TRAINING),
-        checkpoint_every=SEGMENTATION["checkpoint_every"],
+        options=lambda w: cli_options(segmentation_training(w)),
+        checkpoint_every=lambda w: segmentation_settings(w)["checkpoint_every"],
         checkpoints="results/{dataset}/segmentation/{classifier}/{masks}/checkpoints",
         device=config["device"],
     log:
@@ -45,8 +45,8 @@ rule segment_shard:
     output:
         "results/{dataset}/segmentation/{classifier}/{masks}/shards/shard-{shard}-of-{n}.h5",
     params:
-        settings={k: SEGMENTATION[k] for k in SEGMENTATION_INFERENCE_KEYS},
-        options=SEGMENTATION_INFERENCE,
+        settings=segmentation_inference,
+        options=segmentation_inference_options,
         device=config["device"],
     log:
         "logs/{dataset}/segment_{classifier}_{masks}_shard-{shard}-of-{n}.log",
@@ -99,9 +99,9 @@ rule segment_gallery:
     output:
         "results/{dataset}/segmentation/{classifier}/{masks}/gallery.h5",
     params:
-        settings={k: SEGMENTATION[k] for k in SEGMENTATION_INFERENCE_KEYS},
-        gallery_images=config["report"]["gallery_images"],
-        options=SEGMENTATION_INFERENCE,
+        settings=segmentation_inference,
+        gallery_images=lambda w: dataset_config(w)["report"]["gallery_images"],
+        options=segmentation_inference_options,
         device=config["device"],
     log:
         "logs/{dataset}/segment_gallery_{classifier}_{masks}.log",

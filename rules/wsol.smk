@@ -9,7 +9,7 @@ rule wsol_images:
     output:
         "results/{dataset}/wsol_data/{split}.csv",
     params:
-        images=WSOL.get("images", "single_label"),
+        images=lambda w: wsol_settings(w).get("images", "single_label"),
     log:
         "logs/{dataset}/wsol_images_{split}.log",
     benchmark:
@@ -32,7 +32,7 @@ rule wsol_seeds_shard:
         "results/{dataset}/{map_stage}/{classifier}/{entry}/shards/shard-{shard}-of-{n}.h5",
     wildcard_constraints:
         map_stage="|".join(WSOL_PARTS),
-        entry="|".join(WSOL_SEEDS) or NEVER,
+        entry=_alternatives(WSOL_SEED_NAMES),
     params:
         options=wsol_seed_options,
         device=config["device"],
@@ -44,7 +44,7 @@ rule wsol_seeds_shard:
     resources:
         mem_mb=RESOURCES["infer_mem_mb"],
         runtime=RESOURCES["infer_runtime_min"],
-        gpu=lambda w: GPU if config["seeds"][w.entry]["method"] != "cam" else 0,
+        gpu=lambda w: GPU if dataset_config(w)["seeds"][w.entry]["method"] != "cam" else 0,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -58,13 +58,13 @@ rule wsol_seeds_shard:
 rule train_weight_map:
     input:
         classifier="results/{dataset}/classifier/{classifier}/model.pt",
-        train=lambda w: wsol_manifest(w, WSOL["calibration_split"]),
-        val=lambda w: wsol_manifest(w, WSOL["evaluation_split"]),
+        train=lambda w: wsol_manifest(w, wsol_settings(w)["calibration_split"]),
+        val=lambda w: wsol_manifest(w, wsol_settings(w)["evaluation_split"]),
     output:
         model="results/{dataset}/weight_map/{classifier}/{entry}/model.pt",
         metrics="results/{dataset}/weight_map/{classifier}/{entry}/metrics.csv",
     wildcard_constraints:
-        entry="|".join(WEIGHT_MAPS) or NEVER,
+        entry=_alternatives(_names("weight_maps")),
     params:
         options=weight_map_options,
         checkpoints="results/{dataset}/weight_map/{classifier}/{entry}/checkpoints",
@@ -95,7 +95,7 @@ rule weight_maps_shard:
         "results/{dataset}/{map_stage}/{classifier}/{entry}/shards/shard-{shard}-of-{n}.h5",
     wildcard_constraints:
         map_stage="|".join(WSOL_PARTS),
-        entry="|".join(WEIGHT_MAPS) or NEVER,
+        entry=_alternatives(_names("weight_maps")),
     params:
         device=config["device"],
     log:
@@ -151,11 +151,12 @@ rule report_wsol_boxes:
             "results/{dataset}/report/wsol_boxes.png",
             caption="../report/wsol_boxes.rst",
             category="3. Localisation (WSOL)",
+            labels={"dataset": "{dataset}", "figure": "boxes"},
         ),
     params:
         boxes=lambda w, input: pairs({k.split(" ", 1)[1]: v for k, v in input.items() if k.startswith("boxes ")}),
         maps=lambda w, input: pairs({k.split(" ", 1)[1]: v for k, v in input.items() if k.startswith("maps ")}),
-        gallery_images=config["report"]["gallery_images"],
+        gallery_images=lambda w: dataset_config(w)["report"]["gallery_images"],
     log:
         "logs/{dataset}/report_wsol_boxes.log",
     benchmark:

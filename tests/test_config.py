@@ -128,3 +128,51 @@ def test_wsol_experiments_are_checked_before_any_job() -> None:
     config["wsol"]["calibration_split"] = "val"
     with pytest.raises(ConfigError, match="calibration_split and evaluation_split are the same split"):
         check_config(config, SCHEMA)
+
+
+def test_the_readme_configs_are_valid() -> None:
+    """Every whole config the README shows (VOC, COCO) passes the checks and the schema."""
+    import re
+
+    import jsonschema
+
+    blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL)
+    configs = [yaml.safe_load(block) for block in blocks]
+    whole = [c for c in configs if isinstance(c, dict) and "dataset" in c]
+    assert {c["dataset"]["kind"] for c in whole} >= {"voc2012", "coco"}
+    for config in whole:
+        check_config(config, SCHEMA)
+        jsonschema.validate(config, SCHEMA)
+
+
+@pytest.mark.parametrize("experiment, message", [
+    ({"classifier": "cam", "seeds": "full", "segmentation": {"ground_truth_subset": "gt.txt"}},
+     r"experiments\[\d\].segmentation.ground_truth_subset: seeds 'full' trains on every ground-truth mask"),
+    ({"classifier": "cam", "seeds": "cam", "pseudo_masks": False, "segmentation": {"ground_truth_subset": "gt.txt"}},
+     r"ground_truth_subset: the other images train on pseudo masks; this experiment has pseudo_masks: false"),
+    ({"classifier": "cam", "seeds": "cam", "segmentation": {"ground_truth_subset": "missing.txt"}},
+     r"ground_truth_subset: file not found: missing.txt"),
+    ({"classifier": "cam", "seeds": "cam", "segmentation": {"ground_truth_subset": "bad.txt"}},
+     r"ground_truth_subset: invalid image id '../x'"),
+    ({"classifier": "cam", "seeds": "cam", "segmentation": {"ground_truth_subset": "gt.csv"}},
+     r"'gt.csv' does not match"),
+])
+def test_semi_supervised_experiments_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 experiment: dict, message: str) -> None:
+    import jsonschema
+
+    monkeypatch.chdir(tmp_path)
+    Path("gt.txt").write_text("train_000001\n")
+    Path("bad.txt").write_text("train_000001\n../x\n")
+    config = copy.deepcopy(CONFIG)
+    config["experiments"] = [experiment]
+    if "does not match" in message:
+        with pytest.raises(jsonschema.ValidationError, match=message):
+            jsonschema.validate(config, SCHEMA)
+        return
+    with pytest.raises(ConfigError, match=message):
+        check_config(config, SCHEMA)
+    # The same subset twice is one experiment listed twice.
+    config["experiments"] = [{"classifier": "cam", "seeds": "cam", "segmentation": {"ground_truth_subset": "gt.txt"}}] * 2
+    with pytest.raises(ConfigError, match=r"with seeds 'cam' and ground-truth subset 'gt' is listed twice"):
+        check_config(config, SCHEMA)

@@ -298,6 +298,11 @@ def test_stage_table_reports_the_share_of_full(tmp_path: Path) -> None:
     page = render_table(summary)
     assert "<td>40.0</td>" in page and "<td>75%</td>" in page and "<td>80%</td>" in page
     assert page.count("<tr>") == 3  # header + two experiments
+    # Another dataset in the same summary, with the same experiment names: each table keeps its own.
+    other = _write(tmp_path / "two.csv", columns, rows + [["e", "segmentation", "cam", "cam", "val", "miou", 0.1]])
+    assert render_table(other, "d") == page
+    page_e = render_table(other, "e")
+    assert "<td>10.0</td>" in page_e and "<td>40.0</td>" not in page_e and page_e.count("<tr>") == 2
 
 
 def test_sweep_and_per_class_plots(tmp_path: Path) -> None:

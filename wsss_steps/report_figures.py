@@ -38,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     table = commands.add_parser("table", help="stage-by-stage mIoU table (HTML)")
     table.add_argument("--summary", required=True, type=Path, help="results/summary.csv")
+    table.add_argument("--dataset", help="only this dataset's rows (a run with several datasets)")
     table.add_argument("--out", required=True, type=Path)
     sweep = commands.add_parser("sweep", help="mIoU against the background threshold (PNG)")
     sweep.add_argument("--curve", required=True, nargs="+", metavar="STAGE=CSV", help="curve.csv per stage")
@@ -75,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging()
     if args.command == "table":
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(render_table(args.summary))
+        args.out.write_text(render_table(args.summary, args.dataset))
     elif args.command == "sweep":
         plot_sweep(_split_pairs(args.curve, "--curve"), args.out, args.title)
     elif args.command == "precision-recall":

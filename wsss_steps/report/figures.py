@@ -73,10 +73,11 @@ def stage_table(summary_rows: Sequence[dict[str, str]]) -> tuple[list[tuple[str,
     return order, table
 
 
-def render_table(summary_path: Path) -> str:
+def render_table(summary_path: Path, dataset: str | None = None) -> str:
     """The HTML page of the stage table (mIoU in %; train split for seeds and pseudo masks, val for
-    the segmentation network) with the ratio to the ``full`` upper bound of the same classifier."""
-    rows = _read_csv(summary_path)
+    the segmentation network) with the ratio to the ``full`` upper bound of the same classifier;
+    with ``dataset``, only that dataset's rows."""
+    rows = [row for row in _read_csv(summary_path) if dataset is None or row["dataset"] == dataset]
     order, table = stage_table(rows)
     splits = {row["stage"]: row["split"] for row in rows if row["stage"] in STAGES}
     head = "".join(f"<th>{html.escape(STAGE_TITLES[s])}<br><small>{html.escape(splits.get(s, ''))}</small></th>"

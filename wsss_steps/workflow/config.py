@@ -326,6 +326,27 @@ def check_dataset_roots(config: Mapping[str, Any]) -> list[str]:
     return []
 
 
+def check_dataset_configs(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """Several datasets in one run (``datasets_from``): each keeps its own entries, but an entry
+    name is a wildcard value shared by every dataset's rules, so it must mean the same kind of
+    entry everywhere (a seeds entry computed from a classifier, seeds with a saliency background,
+    or a weight_maps entry); else two rules would claim the same files."""
+    kinds: dict[str, dict[str, str]] = {}
+    for dataset, config in configs.items():
+        for name, settings in (config.get("seeds") or {}).items():
+            derived = (settings or {}).get("method") == "saliency_background"
+            kinds.setdefault(name, {})[dataset] = "seeds with a saliency background" if derived else "computed seeds"
+        for name in config.get("weight_maps") or {}:
+            kinds.setdefault(name, {})[dataset] = "a weight_maps entry"
+    problems = []
+    for name, by_dataset in kinds.items():
+        if len(set(by_dataset.values())) > 1:
+            said = "; ".join(f"{kind} in {dataset}" for dataset, kind in by_dataset.items())
+            problems.append(f"entry name {name!r} means different kinds of entry across the run's datasets ({said}); "
+                            "give one of them another name")
+    return problems
+
+
 class _StrictLoader(yaml.SafeLoader):
     """yaml.SafeLoader that records every mapping key given twice."""
 
