@@ -432,7 +432,8 @@ WSOL_PARTS = {"wsol_calibration": "calibration_split", "wsol_evaluation": "evalu
 WSOL_SEED_NAMES = sorted({e["maps"] for c in DATASET_CONFIGS.values() for e in (c.get("wsol") or {}).get("experiments", [])
                           if e["maps"] in c["seeds"]})
 WEIGHT_MAP_TRAINING_KEYS = ("backbone", "backbone_weights", "pretrained", "l1_weight", "epochs", "batch_size",
-                            "lr", "weight_decay", "resize_long", "crop", "seed")
+                            "lr", "weight_decay", "resize_long", "crop", "seed", "method", "margin",
+                            "embedding_epochs", "embedding_lr")
 
 
 def wsol_manifest(wildcards, split):

@@ -176,3 +176,13 @@ def test_semi_supervised_experiments_are_checked(tmp_path: Path, monkeypatch: py
     config["experiments"] = [{"classifier": "cam", "seeds": "cam", "segmentation": {"ground_truth_subset": "gt.txt"}}] * 2
     with pytest.raises(ConfigError, match=r"with seeds 'cam' and ground-truth subset 'gt' is listed twice"):
         check_config(config, SCHEMA)
+
+
+def test_method_ii_keys_are_refused_on_method_i() -> None:
+    config = copy.deepcopy(CONFIG)
+    name = next(iter(config["weight_maps"]))
+    config["weight_maps"][name]["embedding_epochs"] = 3
+    with pytest.raises(ConfigError, match=rf"weight_maps.{name}.embedding_epochs: read by method ii only"):
+        check_config(config, SCHEMA)
+    config["weight_maps"][name]["method"] = "ii"
+    check_config(config, SCHEMA)

@@ -22,6 +22,7 @@ import pytest
 from .workflow_helpers import (
     ENV,
     ROOT,
+    TINY,
     assert_same_maps,
     assert_same_weights,
     job_counts,
@@ -41,9 +42,16 @@ FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-suc
 CHECKOUT = ["Snakefile", "config.yaml", "rules", "schemas", "wsss_steps", "envs", "profiles"]
 # The tiny workflow on a GPU cluster: training asks for a GPU (the test node has a stand-in one),
 # the steps run on the CPU. Memory fits the test node.
+# my.yaml is merged into config.yaml, so its saliency and WSOL entries run too: sized here for the
+# tiny images (config.yaml's epochs are set for 128-px images and would take most of the test's time).
+SMALL = {"epochs": 2, "batch_size": 8, "resize_long": [48, 80], "crop": 64}
 CONFIG = tiny_config(gpu_available=True, device="cpu",
                      resources={"threads": 1, "train_mem_mb": 3000, "infer_mem_mb": 2000,
-                                "train_runtime_min": 30, "infer_runtime_min": 20})
+                                "train_runtime_min": 30, "infer_runtime_min": 20},
+                     classifiers={**TINY["classifiers"], "cam_softmax": {"variant": "cam", "loss": "softmax",
+                                                                         "backbone": "small_resnet", **SMALL}},
+                     saliency={"c2am_h": {**SMALL, "accumulation_steps": 1}},
+                     weight_maps={"weight_map": SMALL})
 TRAINING_RULES = {"train_classifier", "train_relation", "train_saliency", "train_segmentation", "train_weight_map"}
 # AdvCAM's climb asks for a GPU, CAM's maps do not (the config's AdvCAM entries are named advcam…).
 CLIMBING_RULES = {"seeds_shard", "wsol_seeds_shard"}

@@ -30,9 +30,15 @@ from wsss_steps.methods.weight_map import (
     early_stopping_epoch,
     weight_map_box,
     weight_map_loss,
+    weight_map_triplet_loss,
 )
-from wsss_steps.networks.weight_map import build_weight_map_generator, load_weight_map_generator
+from wsss_steps.networks.weight_map import (
+    ImageEmbedding,
+    build_weight_map_generator,
+    load_weight_map_generator,
+)
 from wsss_steps.store.maps import MapReader, MapWriter
+from wsss_steps.training.classification import TripletDataset
 
 
 def rectangle_map(shape: tuple[int, int], boxes: list[tuple[int, int, int, int, float]]) -> np.ndarray:
@@ -195,6 +201,59 @@ def test_weight_map_loss_is_ce_of_the_masked_prediction_plus_the_mean_weight() -
     assert float(loss) == pytest.approx(parts["ce"] + 2.0 * parts["l1"], rel=1e-6)
 
 
+def test_method_ii_loss_is_inner_plus_outer_triplets_plus_the_mean_weight() -> None:
+    torch.manual_seed(0)
+    backbone = torch.nn.Conv2d(3, 5, 1)
+    embedding = ImageEmbedding(backbone)
+    anchors, positives, negatives = (torch.randn(2, 3, 6, 6) for _ in range(3))
+    weights = torch.rand(6, 1, 6, 6, requires_grad=True)
+    loss, parts = weight_map_triplet_loss(embedding, lambda x: weights, anchors, positives, negatives,
+                                          reg_weight=0.5, margin=1.0)
+    images = torch.cat([anchors, positives, negatives])
+
+    def embed(x: torch.Tensor) -> torch.Tensor:
+        pooled = backbone(x).mean(dim=(2, 3))
+        return pooled / pooled.norm(dim=1, keepdim=True)
+
+    def triplet(a: torch.Tensor, p: torch.Tensor, n: torch.Tensor) -> float:
+        # max(0, d(a, p) − d(a, n) + margin) with torch's eps inside the distance, averaged
+        d = torch.nn.functional.pairwise_distance
+        return float((d(a, p) - d(a, n) + 1.0).clamp(min=0).mean())
+
+    with torch.no_grad():
+        fg, bg = embed(images * weights), embed(images * (1 - weights))
+        inner = triplet(embed(images), fg, bg)
+        outer = triplet(fg[:2], fg[2:4], fg[4:])
+    assert parts["inner"] == pytest.approx(inner, rel=1e-5)
+    assert parts["outer"] == pytest.approx(outer, rel=1e-5)
+    assert parts["reg"] == pytest.approx(float(weights.detach().mean()), rel=1e-6)
+    assert loss.item() == pytest.approx(inner + outer + 0.5 * parts["reg"], rel=1e-5)
+    loss.backward()
+    assert weights.grad is not None and float(weights.grad.abs().sum()) > 0
+
+
+def test_triplets_pair_each_anchor_with_its_class_and_another(tmp_path: Path) -> None:
+    manifests = make_box_dataset(tmp_path / "data", count=18)
+    wsol = tmp_path / "wsol" / "train.csv"
+    wsol_images.main(["--manifest", str(manifests["train"]), "--out", str(wsol)])
+    from wsss_steps.data.manifest import read_manifest
+
+    manifest = read_manifest(wsol)
+    triplets = TripletDataset(manifest, seed=3)
+    classes = [r.labels[0] for r in manifest.records]
+    pairs = [triplets.partners(i) for i in range(len(triplets))]
+    for index, (positive, negative) in enumerate(pairs):
+        assert classes[positive] == classes[index] and positive != index
+        assert classes[negative] != classes[index]
+    assert pairs == [TripletDataset(manifest, seed=3).partners(i) for i in range(len(triplets))]
+    triplets.set_epoch(1)
+    assert [triplets.partners(i) for i in range(len(triplets))] != pairs  # drawn anew each epoch
+    anchor, positive, negative = triplets[0]
+    assert anchor.shape == positive.shape == negative.shape == (3, SIZE, SIZE)
+    with pytest.raises(ValueError, match="one class per image"):
+        TripletDataset(read_manifest(manifests["train"]))
+
+
 def test_the_generator_gives_one_weight_per_input_pixel() -> None:
     torch.manual_seed(0)
     generator = build_weight_map_generator(pretrained=False).eval()
@@ -269,6 +328,11 @@ def wsol_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                            "--checkpoint-dir", str(root / "wm_checkpoints"), "--epochs", "3", "--batch-size", "4",
                            "--crop", "48", "--resize-long", "40", "56", "--no-pretrained", "--lr", "1e-3"])
     weight_maps.main(["--model", str(generator), "--manifest", str(wsol["val"]), "--out", str(root / "wm_val.h5")])
+    train_weight_map.main(["--classifier", str(classifier), "--manifest", str(wsol["train"]), "--val-manifest",
+                           str(wsol["val"]), "--out", str(root / "weight_map_ii.pt"), "--metrics",
+                           str(root / "wm_ii.csv"), "--checkpoint-dir", str(root / "wm_ii_checkpoints"), "--epochs",
+                           "2", "--batch-size", "4", "--crop", "48", "--resize-long", "40", "56", "--no-pretrained",
+                           "--lr", "1e-3", "--method", "ii", "--embedding-epochs", "2"])
     return {"root": root, "classifier": classifier, "generator": generator, **{f"wsol_{k}": v for k, v in wsol.items()}}
 
 
@@ -293,6 +357,34 @@ def test_weight_map_keeps_the_epoch_of_the_highest_score(wsol_run: dict[str, Pat
     with MapReader(wsol_run["root"] / "wm_val.h5") as reader:
         first = reader.read(reader.ids[0])["weight_map"]
     assert first.shape == (SIZE, SIZE)
+
+
+def test_method_ii_trains_f_by_triplets_then_the_generator(wsol_run: dict[str, Path]) -> None:
+    root = wsol_run["root"]
+    _, meta = load_weight_map_generator(root / "weight_map_ii.pt")
+    assert meta["method"] == "ii" and meta["training"]["method"] == "ii"
+    assert meta["training"]["embedding"]["epochs"] == 2 and meta["training"]["margin"] == 1.0
+    with (root / "wm_ii.csv").open() as handle:
+        history = list(csv.DictReader(handle))
+    assert len(history) == 2 and all(row["inner"] and row["outer"] and row["reg"] and not row["ce"] for row in history)
+    assert meta["chosen_epoch"] == int(np.argmax([float(r["val_score"]) for r in history])) + 1
+    assert (root / "wm_ii_checkpoints/embedding/last.pt").is_file()
+    _, meta_i = load_weight_map_generator(wsol_run["generator"])
+    assert "method" not in meta_i["training"]  # method I's identity is what it was before method II
+    # Stopped after the generator's first epoch and run again: f is not retrained, g continues, and
+    # the result is the straight run's, bit for bit.
+    args = ["--classifier", str(wsol_run["classifier"]), "--manifest", str(wsol_run["wsol_train"]),
+            "--val-manifest", str(wsol_run["wsol_val"]), "--out", str(root / "resumed_ii.pt"), "--checkpoint-dir",
+            str(root / "resumed_ii"), "--epochs", "2", "--batch-size", "4", "--crop", "48", "--resize-long", "40",
+            "56", "--no-pretrained", "--lr", "1e-3", "--method", "ii", "--embedding-epochs", "2"]
+    assert train_weight_map.main([*args, "--stop-after-epochs", "1"]) == 0 and not (root / "resumed_ii.pt").exists()
+    embedding_checkpoint = (root / "resumed_ii/embedding/last.pt").stat().st_mtime_ns
+    assert train_weight_map.main(args) == 0
+    assert (root / "resumed_ii/embedding/last.pt").stat().st_mtime_ns == embedding_checkpoint
+    straight, _ = load_weight_map_generator(root / "weight_map_ii.pt")
+    resumed, _ = load_weight_map_generator(root / "resumed_ii.pt")
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
 
 
 def test_evaluate_wsol_writes_rows_curve_and_boxes(wsol_run: dict[str, Path]) -> None:

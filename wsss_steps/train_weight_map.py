@@ -1,7 +1,11 @@
-"""Trains the weight-map generator g (METHODS §8, method I; `wsss_steps.methods.weight_map`) against
-a frozen classifier f and keeps the epoch the early-stopping score S chooses.
+"""Trains the weight-map generator g (METHODS §8; `wsss_steps.methods.weight_map`) against a frozen
+f and keeps the epoch the early-stopping score S chooses.
 
-Loss CE(f(I), f(I ⊙ g(I))) + λ‖g(I)‖₁ (λ = ``--l1-weight``, 1 in the paper). g is saved every epoch
+Method I (``--method i``, the default): f is the classifier; loss CE(f(I), f(I ⊙ g(I))) +
+λ‖g(I)‖₁ (λ = ``--l1-weight``, 1 in the paper). Method II (``--method ii``): f is first trained
+with a triplet loss (margin ``--margin``, 1) for ``--embedding-epochs`` on anchor / positive /
+negative images, from the classifier's backbone (an L2-normalised pooled embedding; its checkpoints
+in ``<checkpoint-dir>/embedding``), then frozen; g is trained with L_inner + L_outer + λR. g is saved every epoch
 (``epoch-NNN.pt`` in ``--checkpoint-dir``, required); after each epoch the maps of the
 ``--val-manifest`` images give S (label-free) and, where those images have boxes, the GT-known
 accuracy of the paper's box (max/10, largest contour), a diagnostic that is never used for the
@@ -21,6 +25,8 @@ Example::
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from wsss_steps.cli import (
     add_checkpoint_arguments,
@@ -41,22 +48,29 @@ from wsss_steps.data.manifest import Manifest, read_manifest
 from wsss_steps.methods.boxes import box_iou
 from wsss_steps.methods.weight_map import (
     BOX_FRACTION,
+    TRIPLET_MARGIN,
     box_mass_score,
     early_stopping_epoch,
     predict_weight_map,
     weight_map_box,
     weight_map_loss,
+    weight_map_triplet_loss,
 )
 from wsss_steps.networks.io import load_classifier, load_weights_file, model_identity
-from wsss_steps.networks.weight_map import build_weight_map_generator, save_weight_map_generator
+from wsss_steps.networks.weight_map import (
+    ImageEmbedding,
+    build_weight_map_generator,
+    save_weight_map_generator,
+)
 from wsss_steps.training.augment import TrainAugmentation
-from wsss_steps.training.classification import ClassificationDataset
-from wsss_steps.training.loop import Trainee, set_bn_frozen, train
+from wsss_steps.training.classification import ClassificationDataset, TripletDataset
+from wsss_steps.training.loop import LoopSettings, Trainee, set_bn_frozen, train
 from wsss_steps.training.schedules import POLY_POWER
 
 log = logging.getLogger(__name__)
 
-METRIC_COLUMNS = ("epoch", "step", "lr", "loss", "ce", "l1", "val_score", "val_gt_known", "seconds")
+METRIC_COLUMNS = ("epoch", "step", "lr", "loss", "ce", "l1", "inner", "outer", "reg", "val_score", "val_gt_known",
+                  "seconds")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -76,7 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ImageNet-initialised encoder (default: yes)")
     net.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=None,
                      help="keep the encoder's BatchNorm statistics (default: yes when pretrained)")
-    net.add_argument("--l1-weight", type=float, default=1.0, help="λ of the L1 term (default: %(default)s)")
+    net.add_argument("--l1-weight", type=float, default=1.0,
+                     help="λ of the L1 term (method II: of R, the same mean weight) (default: %(default)s)")
+    net.add_argument("--method", choices=("i", "ii"), default="i",
+                     help="i: CE against the classifier; ii: triplet-trained f, L_inner + L_outer (default: i)")
+    net.add_argument("--margin", type=float, default=TRIPLET_MARGIN, help="method II: triplet margin (default: 1)")
+    net.add_argument("--embedding-epochs", type=int, default=5,
+                     help="method II: epochs of f's triplet training (default: %(default)s)")
+    net.add_argument("--embedding-lr", type=float, default=1e-4,
+                     help="method II: Adam's learning rate for f (default: %(default)s)")
     train_group = parser.add_argument_group("training")
     train_group.add_argument("--epochs", type=int, default=10, help="(default: %(default)s)")
     train_group.add_argument("--batch-size", type=int, default=16, help="(default: %(default)s)")
@@ -104,6 +126,9 @@ def _check_args(args: argparse.Namespace) -> None:
         problems.append(f"--batch-size must be ≥ 2 (BatchNorm in the decoder), not {args.batch_size}")
     if args.l1_weight < 0:
         problems.append(f"--l1-weight must be ≥ 0, not {args.l1_weight}")
+    if args.method == "ii" and (args.embedding_epochs < 1 or args.margin <= 0):
+        problems.append(f"method ii needs --embedding-epochs ≥ 1 and --margin > 0, not {args.embedding_epochs} "
+                        f"and {args.margin}")
     if not 1 <= args.resize_long[0] <= args.resize_long[1]:
         problems.append(f"--resize-long needs 1 ≤ MIN ≤ MAX, not {args.resize_long}")
     if problems:
@@ -115,7 +140,7 @@ def _check_args(args: argparse.Namespace) -> None:
 def training_settings(args: argparse.Namespace, manifest: Manifest, val_manifest: Manifest,
                       classifier_identity: str) -> dict[str, Any]:
     """Everything that shapes the trained weights and the choice (not output paths, device, threads)."""
-    return {
+    settings: dict[str, Any] = {
         "kind": "weight_map", "classifier": classifier_identity, "backbone": args.backbone,
         "pretrained": bool(args.pretrained),
         "backbone_weights": str(args.backbone_weights) if args.pretrained and args.backbone_weights else None,
@@ -125,6 +150,45 @@ def training_settings(args: argparse.Namespace, manifest: Manifest, val_manifest
         "box_fraction": BOX_FRACTION, "train_digest": manifest.content_digest(),
         "val_digest": val_manifest.content_digest(),
     }
+    if args.method == "ii":  # method I's identity stays what it was
+        settings.update(method="ii", margin=args.margin, embedding=embedding_settings(args, manifest,
+                                                                                      classifier_identity))
+    return settings
+
+
+def embedding_settings(args: argparse.Namespace, manifest: Manifest, classifier_identity: str) -> dict[str, Any]:
+    """What shapes method II's f: its start (the classifier), data and recipe."""
+    return {"kind": "weight_map_embedding", "classifier": classifier_identity, "epochs": args.embedding_epochs,
+            "lr": args.embedding_lr, "margin": args.margin, "batch_size": args.batch_size, "optimizer": "adam",
+            "poly_power": POLY_POWER, "resize_long": list(args.resize_long), "crop": args.crop, "seed": args.seed,
+            "freeze_bn": bool(args.freeze_bn), "train_digest": manifest.content_digest()}
+
+
+def train_embedding(args: argparse.Namespace, classifier: torch.nn.Module, triplets: TripletDataset,
+                    plan: LoopSettings, settings: dict[str, Any]) -> ImageEmbedding:
+    """Method II's f: the classifier's backbone trained with the triplet loss, then frozen."""
+    embedding = ImageEmbedding(copy.deepcopy(classifier.backbone)).to(plan.device)
+    embedding.requires_grad_(True)
+    optimizer = torch.optim.Adam(embedding.parameters(), lr=args.embedding_lr)
+
+    def train_mode() -> None:
+        embedding.train()
+        if args.freeze_bn:
+            set_bn_frozen(embedding.backbone)
+
+    def step(batch: Sequence[torch.Tensor], global_step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        anchors, positives, negatives = (embedding(t.to(plan.device, non_blocking=True)) for t in batch)
+        return F.triplet_margin_loss(anchors, positives, negatives, margin=args.margin), {}
+
+    trainee = Trainee(embedding, optimizer, [args.embedding_lr], triplets, step, train_mode=train_mode)
+    outcome = train(trainee, dataclasses.replace(
+        plan, name="train_weight_map embedding", epochs=args.embedding_epochs, settings=settings,
+        checkpoint_dir=args.checkpoint_dir / "embedding", stop_after_epochs=None, keep_epoch_weights=False,
+        metrics_path=None, metric_columns=("epoch", "step", "lr", "loss", "seconds")))
+    log.info("method II: f trained with the triplet loss, last epoch's mean loss %s",
+             outcome.history[-1]["loss"] if outcome.history else "(resumed, already complete)")
+    embedding.requires_grad_(False)
+    return embedding.eval()
 
 
 def score_epoch(generator: torch.nn.Module, dataset: ClassificationDataset, device: torch.device
@@ -157,22 +221,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     classifier.eval()
     settings = training_settings(args, manifest, val_manifest, model_identity(args.classifier, classifier_meta))
 
+    plan = loop_settings(args, "train_weight_map", device, settings, METRIC_COLUMNS, keep_epoch_weights=True)
+    augmentation = TrainAugmentation(tuple(args.resize_long), args.crop, flip=True)
+    if args.method == "ii":
+        try:
+            dataset: Any = TripletDataset(manifest, augmentation, args.seed)
+        except ValueError as error:
+            raise SystemExit(f"train_weight_map: method ii: {error}") from error
+        embedding = train_embedding(args, classifier, dataset, plan, settings["embedding"])
+    else:
+        dataset = ClassificationDataset(manifest, augmentation, args.seed)
     torch.manual_seed(args.seed)
     generator = build_weight_map_generator(args.backbone, args.pretrained, args.backbone_weights).to(device)
     optimizer = torch.optim.Adam(generator.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    augmentation = TrainAugmentation(tuple(args.resize_long), args.crop, flip=True)
-    dataset = ClassificationDataset(manifest, augmentation, args.seed)
     val_set = ClassificationDataset(val_manifest)
-    log.info("training the weight-map generator (%s encoder) against %s on %d images, S on %d images, "
-             "%d epochs, device %s", args.backbone, args.classifier, len(dataset), len(val_set), args.epochs, device)
+    log.info("training the weight-map generator (method %s, %s encoder) against %s on %d images, S on %d images, "
+             "%d epochs, device %s", args.method.upper(), args.backbone, args.classifier, len(dataset), len(val_set),
+             args.epochs, device)
 
     def train_mode() -> None:
         generator.train()
         if args.freeze_bn:
             set_bn_frozen(generator.encoder)
 
-    def step(batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor], global_step: int
-             ) -> tuple[torch.Tensor, dict[str, float]]:
+    def step(batch: tuple[torch.Tensor, ...], global_step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        if args.method == "ii":
+            anchors, positives, negatives = (t.to(device, non_blocking=True) for t in batch)
+            return weight_map_triplet_loss(embedding, generator, anchors, positives, negatives, args.l1_weight,
+                                           args.margin)
         images = batch[0].to(device, non_blocking=True)
         return weight_map_loss(classifier, generator, images, args.l1_weight)
 
@@ -181,7 +257,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return {"val_score": f"{score:.6g}", "val_gt_known": "" if np.isnan(gt_known) else f"{gt_known:.6g}"}
 
     trainee = Trainee(generator, optimizer, [args.lr], dataset, step, train_mode=train_mode, validate=validate)
-    plan = loop_settings(args, "train_weight_map", device, settings, METRIC_COLUMNS, keep_epoch_weights=True)
     outcome = train(trainee, plan)
     if not outcome.finished:
         return 0
@@ -197,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  for row in outcome.history]
     meta = {"dataset": args.dataset or manifest.dataset, "name": args.name, "training": settings,
             "settings_hash": outcome.settings_hash, "epochs_trained": args.epochs, "chosen_epoch": chosen,
-            "per_epoch": per_epoch, "class_names": list(manifest.class_names)}
+            "per_epoch": per_epoch, "class_names": list(manifest.class_names), "method": args.method}
     save_weight_map_generator(args.out, generator.cpu().eval(), meta)
     log.info("early stopping: epoch %d of %d has the highest mean S (%.4f); wrote %s", chosen, args.epochs,
              scores[chosen - 1], args.out)

@@ -10,6 +10,13 @@ early-stopping score S that chooses the generator's epoch.
 - S (per image): the mass of the thresholded map inside that box over its total mass; the epoch
   kept is the one with the highest mean S over the validation images (the first of equals). S reads
   no annotation.
+
+Method II (`weight_map_triplet_loss`): f is an embedding trained with a triplet loss (margin 1) on
+anchor / positive (same class) / negative (other class) images; g is trained with
+L_inner + L_outer + λR: L_inner keeps f of each image close to f of its weighted foreground g ⊙ I
+and far from f of its background (1 − g) ⊙ I (a triplet term per image of the triplet), L_outer
+keeps the foregrounds of the anchor and the positive close and the negative's far, R is the mean
+weight as in method I.
 """
 
 from __future__ import annotations
@@ -36,6 +43,28 @@ def weight_map_loss(classifier: nn.Module, generator: nn.Module, images: torch.T
     ce = -(target * log_probs).sum(dim=1).mean()
     l1 = weights.abs().mean()
     return ce + l1_weight * l1, {"ce": ce.item(), "l1": l1.item()}
+
+
+TRIPLET_MARGIN = 1.0  # METHODS §8, method II
+
+
+def weight_map_triplet_loss(embedding: nn.Module, generator: nn.Module, anchors: torch.Tensor,
+                            positives: torch.Tensor, negatives: torch.Tensor, reg_weight: float = 1.0,
+                            margin: float = TRIPLET_MARGIN) -> tuple[torch.Tensor, dict[str, float]]:
+    """Method II's loss of a batch of triplets (each (B, 3, H, W), normalised) and its parts
+    (``inner``, ``outer``, ``reg``); f (``embedding``) frozen by the caller."""
+    images = torch.cat([anchors, positives, negatives])
+    weights = generator(images)
+    with torch.no_grad():
+        clean = embedding(images)
+    foreground = embedding(images * weights)
+    background = embedding(images * (1.0 - weights))
+    inner = F.triplet_margin_loss(clean, foreground, background, margin=margin)
+    fg_anchor, fg_positive, fg_negative = foreground.chunk(3)
+    outer = F.triplet_margin_loss(fg_anchor, fg_positive, fg_negative, margin=margin)
+    reg = weights.abs().mean()
+    loss = inner + outer + reg_weight * reg
+    return loss, {"inner": inner.item(), "outer": outer.item(), "reg": reg.item()}
 
 
 def weight_map_box(weight_map: np.ndarray, fraction: float = BOX_FRACTION) -> np.ndarray:

@@ -47,6 +47,18 @@ class UpBlock(nn.Module):
         return self.convs(x)
 
 
+class ImageEmbedding(nn.Module):
+    """Method II's f: a classifier's backbone, global average pooling and L2 normalisation
+    (unit-length embeddings: the triplet margin of 1 is then a fixed share of their range, 0–2)."""
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.backbone(images).mean(dim=(2, 3)), dim=1)
+
+
 class WeightMapGenerator(nn.Module):
     """g: images (B, 3, H, W) → weights (B, 1, H, W) in (0, 1)."""
 

@@ -51,6 +51,47 @@ class ClassificationDataset(Dataset):
         return torch.from_numpy(array), torch.from_numpy(self.labels[index]), index
 
 
+class TripletDataset(Dataset):
+    """Triplets of single-label images (METHODS §8, method II): item ``index`` is the anchor
+    ``index``, a positive (another image of its class; itself where the class has no other) and a
+    negative (an image of another class), drawn from (seed, epoch, index) apart from the
+    augmentation's stream; each image augmented as in `ClassificationDataset`.
+    Items: (anchor, positive, negative) float32 (3, H, W) each."""
+
+    def __init__(self, manifest: Manifest, augmentation: TrainAugmentation | None = None, seed: int = 0):
+        several = [r.image_id for r in manifest.records if len(r.labels) != 1]
+        if several:
+            raise ValueError(f"triplets need one class per image; {len(several)} image(s) of {manifest.split} "
+                             f"have several, e.g. {several[:5]}")
+        self.images = ClassificationDataset(manifest, augmentation, seed)
+        self.classes = np.array([r.labels[0] for r in manifest.records])
+        self.by_class = {int(c): np.flatnonzero(self.classes == c) for c in np.unique(self.classes)}
+        if len(self.by_class) < 2:
+            raise ValueError(f"triplets need images of two classes at least; {manifest.split} has one")
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.images.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def partners(self, index: int) -> tuple[int, int]:
+        """(positive, negative) of anchor ``index`` in this epoch."""
+        rng = np.random.default_rng(np.random.SeedSequence(self.seed, spawn_key=(2, self.epoch, index)))
+        own = self.by_class[int(self.classes[index])]
+        others = own[own != index]
+        positive = int(rng.choice(others)) if others.size else index
+        negative = int(rng.choice(np.flatnonzero(self.classes != self.classes[index])))
+        return positive, negative
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        positive, negative = self.partners(index)
+        return tuple(self.images[i][0] for i in (index, positive, negative))  # type: ignore[return-value]
+
+
 @torch.no_grad()
 def predict_logits(model: CamClassifier, dataset: ClassificationDataset, device: torch.device,
                    batch_size: int, num_workers: int = 0) -> np.ndarray:

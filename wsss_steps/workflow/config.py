@@ -249,6 +249,11 @@ def check_wsol(config: Mapping[str, Any]) -> list[str]:
                             f"'weight_maps' ({', '.join(weight_maps) or 'none configured'})")
     problems += [f"weight_maps.{name}: no wsol.experiments entry names it (maps: {name}), so it would "
                  "never be trained" for name in weight_maps if name not in used]
+    for name, settings in weight_maps.items():
+        settings = settings or {}
+        if settings.get("method", "i") != "ii":
+            problems += [f"weight_maps.{name}.{key}: read by method ii only (method: ii)"
+                         for key in ("margin", "embedding_epochs", "embedding_lr") if key in settings]
     if not config.get("experiments") and not wsol.get("experiments"):
         problems.append("experiments: empty, and wsol.experiments too: nothing to run")
     if wsol.get("experiments") and wsol.get("calibration_split", "train") == wsol.get("evaluation_split", "val"):
