@@ -264,19 +264,22 @@ def test_wsol_experiments_score_cam_and_the_weight_map(tmp_path: Path) -> None:
                      "soft": {**TINY["classifiers"]["cam"], "loss": "softmax", "lr": 0.01, "epochs": 3}},
         seeds={"cam": {"method": "cam", "scales": [1.0]}},
         weight_maps={"wm": {"pretrained": False, "epochs": 2, "batch_size": 4, "lr": 1.0e-3,
-                            "resize_long": [48, 80], "crop": 64}},
-        wsol={"experiments": [{"classifier": "soft", "maps": "cam"}, {"classifier": "soft", "maps": "wm"}]},
+                            "resize_long": [48, 80], "crop": 64},
+                     "wm2": {"method": "ii", "embedding_epochs": 1, "pretrained": False, "epochs": 1,
+                             "batch_size": 4, "lr": 1.0e-3, "resize_long": [48, 80], "crop": 64}},
+        wsol={"experiments": [{"classifier": "soft", "maps": "cam"}, {"classifier": "soft", "maps": "wm"},
+                              {"classifier": "soft", "maps": "wm2"}]},
         experiments=[])  # localisation only
     write_config(tmp_path, config)
     jobs = planned_jobs(tmp_path)
-    assert jobs["wsol_images"] == 2 and jobs["train_weight_map"] == 1 and jobs["evaluate_wsol"] == 2
+    assert jobs["wsol_images"] == 2 and jobs["train_weight_map"] == 2 and jobs["evaluate_wsol"] == 3
     assert jobs["wsol_seeds_shard"] == 4  # calibration and evaluation, 2 shards each
     assert "seeds_shard" not in jobs and jobs["train_classifier"] == 1  # no WSSS experiment
-    assert jobs["weight_maps_shard"] == 2  # evaluation only: its threshold is fixed
+    assert jobs["weight_maps_shard"] == 4  # evaluation only: their threshold is fixed
     snakemake(tmp_path, "--cores", "2")
     summary = pd.read_csv(tmp_path / "results" / "summary.csv")
     wsol = summary[summary.stage == "wsol"].set_index(["method", "metric"])["value"]
-    for method in ("cam", "wm"):
+    for method in ("cam", "wm", "wm2"):
         assert 0 <= wsol[(method, "gt_known_loc")] <= wsol[(method, "maxboxacc")] <= 1
         assert 0 <= wsol[(method, "top1_loc")] <= wsol[(method, "gt_known_loc")]
         assert 0 < wsol[(method, "pxap")] <= 1
@@ -289,5 +292,7 @@ def test_wsol_experiments_score_cam_and_the_weight_map(tmp_path: Path) -> None:
     assert set(wsol_ids.image_id) == set(train_ids[~train_ids.labels.str.contains(" ")].image_id)
     metrics = pd.read_csv(results / "weight_map" / "soft" / "wm" / "metrics.csv")
     assert list(metrics.epoch) == [1, 2] and metrics.val_score.between(0, 1).all()
+    method_ii = pd.read_csv(results / "weight_map" / "soft" / "wm2" / "metrics.csv")  # method II's terms
+    assert list(method_ii.epoch) == [1] and method_ii.inner.notna().all() and method_ii.ce.isna().all()
     assert (results / "report" / "wsol_boxes.png").stat().st_size > 0
     assert "Localisation" in (results / "report" / "stages.html").read_text()
