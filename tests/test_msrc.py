@@ -51,6 +51,13 @@ def msrc_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     config["segmentation"].update(epochs=1, checkpoint_every=1, test_scales=[1.0])
     config["report"]["gallery_images"] = 2
     config["resources"]["threads"] = 1
+    # The semi-supervised experiment's subset: 3 of the slice's train images, under the same name.
+    train_ids = (workdir / "msrc_slice" / "ImageSets" / "Segmentation" / "train.txt").read_text().split()
+    for experiment in config["experiments"]:
+        if isinstance(experiment.get("segmentation"), dict):
+            subset = workdir / Path(experiment["segmentation"]["ground_truth_subset"]).name
+            subset.write_text("\n".join(train_ids[:3]) + "\n")
+            experiment["segmentation"]["ground_truth_subset"] = str(subset)
     write_config(workdir, config)
     snakemake(workdir, "--cores", "2", timeout=1500)
     return workdir
@@ -66,6 +73,7 @@ def test_the_real_photo_configuration_runs_every_stage(msrc_run: Path) -> None:
                       "segmentation_crf"):
             assert (seeds, stage) in stages
     assert ("full", "segmentation") in stages
+    assert ("cam+msrc_train_gt20", "segmentation") in stages  # the semi-supervised experiment
     for seeds in ("cam_c2am_h", "cam_c2am", "cam_refined"):  # CAM with each saliency as background
         assert (seeds, "seeds") in stages
     assert ("cam_c2am_h", "pseudo_masks") in stages and ("cam_c2am_h", "segmentation") in stages
