@@ -19,7 +19,9 @@ from wsss_steps.workflow.config import (  # noqa: E402
     ConfigError,
     check_config,
     check_dataset_configs,
+    ground_truth_subset,
     missing_weight_files,
+    segmentation_name,
 )
 
 SCHEMA_PATH = os.path.join(workflow.basedir, "schemas", "config.schema.yaml")
@@ -112,25 +114,10 @@ COMPUTED_SEED_NAMES = [name for name in _names("seeds") if name not in DERIVED_S
 NEVER = "(?!)"  # the constraint of a wildcard whose config section is empty
 
 
-def ground_truth_subset(experiment):
-    """The split file of a semi-supervised experiment (`segmentation: {ground_truth_subset: FILE}`):
-    its images train the segmentation network on their ground truth, the others on pseudo masks."""
-    segmentation = experiment.get("segmentation", True)
-    return segmentation.get("ground_truth_subset") if isinstance(segmentation, dict) else None
-
-
-def segmentation_name(experiment):
-    """The segmentation network's name ({masks} in paths, `method` in the summary and the report):
-    the seeds name, `full`, or `<seeds>+<subset file's stem>` for the semi-supervised setting."""
-    subset = ground_truth_subset(experiment)
-    return f"{experiment['seeds']}+{Path(subset).stem}" if subset else experiment["seeds"]
-
-
 def semi_supervised(wildcards):
     """A dataset's semi-supervised segmentation networks by name: their seeds and subset file."""
-    dataset = wildcards if isinstance(wildcards, str) else wildcards.dataset
     return {segmentation_name(e): (e["seeds"], ground_truth_subset(e))
-            for e in experiments(dataset) if ground_truth_subset(e)}
+            for e in dataset_config(wildcards)["experiments"] if ground_truth_subset(e)}
 
 
 SEMI_SUPERVISED_NAMES = list(dict.fromkeys(name for d in DATASETS for name in semi_supervised(d)))
@@ -521,11 +508,11 @@ def check_ground_truth_subsets():
     """Before any job: a semi-supervised experiment's ground-truth images are images of the train
     split with a mask (a user's dataset; a generated one is checked by train_segmentation)."""
     for name, settings in DATASETS.items():
+        if name in GENERATED_DATASETS or not semi_supervised(name):
+            continue
+        dataset = dataset_adapter(name)
+        train_ids = set(dataset.split_ids(settings["train_split"]))
         for masks, (_, subset) in semi_supervised(name).items():
-            if name in GENERATED_DATASETS:
-                continue
-            dataset = dataset_adapter(name)
-            train_ids = set(dataset.split_ids(settings["train_split"]))
             subset_ids = read_id_list(Path(subset))
             outside = [i for i in subset_ids if i not in train_ids]
             unmasked = [i for i in subset_ids if i in train_ids and dataset.mask_path(i) is None]

@@ -73,6 +73,20 @@ def unknown_keys(config: Any, schema: Mapping[str, Any], root: Mapping[str, Any]
 FULL_SUPERVISION = "full"  # experiments' reserved seeds name: the segmentation network on ground truth
 
 
+def ground_truth_subset(experiment: Mapping[str, Any]) -> str | None:
+    """The split file of a semi-supervised experiment (`segmentation: {ground_truth_subset: FILE}`):
+    its images train the segmentation network on their ground truth, the others on pseudo masks."""
+    segmentation = experiment.get("segmentation", True)
+    return segmentation.get("ground_truth_subset") if isinstance(segmentation, Mapping) else None
+
+
+def segmentation_name(experiment: Mapping[str, Any]) -> str:
+    """The segmentation network's name ({masks} in paths, `method` in the summary and the report):
+    the seeds name, `full`, or `<seeds>+<subset file's stem>` for the semi-supervised setting."""
+    subset = ground_truth_subset(experiment)
+    return f"{experiment['seeds']}+{Path(subset).stem}" if subset else experiment["seeds"]
+
+
 def check_references(config: Mapping[str, Any]) -> list[str]:
     """Experiments must name a configured classifier and seed method (or ``full``); per-seeds
     settings must name configured seeds."""
@@ -89,8 +103,7 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
                                 f"(configured: {', '.join(config.get('seeds', {}))})")
     seen: dict[tuple[Any, Any, Any], int] = {}
     for index, experiment in enumerate(config.get("experiments", [])):
-        segmentation = experiment.get("segmentation", True)
-        subset = segmentation.get("ground_truth_subset") if isinstance(segmentation, Mapping) else None
+        subset = ground_truth_subset(experiment)
         key = (experiment.get("classifier"), experiment.get("seeds"), Path(subset).stem if subset else None)
         if key in seen:
             also = f" and ground-truth subset {key[2]!r}" if subset else ""
