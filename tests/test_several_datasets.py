@@ -76,7 +76,8 @@ def test_two_datasets_run_together_and_semi_supervised_takes_exactly_its_subset(
     (tmp_path / "gt.txt").write_text("\n".join(GROUND_TRUTH_IDS) + "\n")
     write_config(tmp_path, second_dataset(), "second.yaml")
     semi = {"classifier": "cam", "seeds": "cam", "segmentation": {"ground_truth_subset": "gt.txt"}}
-    config = tiny_config(datasets_from=["second.yaml"],
+    # One shard a stage (sharding is tested by test_workflow): every job starts a process.
+    config = tiny_config(datasets_from=["second.yaml"], shards=1,
                          experiments=[{"classifier": "cam", "seeds": "cam"}, semi])
     write_config(tmp_path, config)
     snakemake(tmp_path, "--cores", "2")

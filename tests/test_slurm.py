@@ -42,16 +42,22 @@ FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-suc
 CHECKOUT = ["Snakefile", "config.yaml", "rules", "schemas", "wsss_steps", "envs", "profiles"]
 # The tiny workflow on a GPU cluster: training asks for a GPU (the test node has a stand-in one),
 # the steps run on the CPU. Memory fits the test node.
-# my.yaml is merged into config.yaml, so its saliency and WSOL entries run too: sized here for the
-# tiny images (config.yaml's epochs are set for 128-px images and would take most of the test's time).
+# my.yaml is merged into config.yaml, so its saliency entry and WSOL section run too: sized here for
+# the tiny images (config.yaml's epochs are set for 128-px images and would take most of the test's
+# time). Of its WSOL experiments AdvCAM's (the climb's GPU request) and the weight map's (config.yaml's
+# entry must be used) run; CAM's maps take the same rules as AdvCAM's, and every SLURM job costs a
+# snakemake start and a status poll.
 SMALL = {"epochs": 2, "batch_size": 8, "resize_long": [48, 80], "crop": 64}
 CONFIG = tiny_config(gpu_available=True, device="cpu",
+                     experiments=[{"classifier": "cam", "seeds": "cam"}],  # `full` adds no rule the SLURM run lacks
                      resources={"threads": 1, "train_mem_mb": 3000, "infer_mem_mb": 2000,
                                 "train_runtime_min": 30, "infer_runtime_min": 20},
                      classifiers={**TINY["classifiers"], "cam_softmax": {"variant": "cam", "loss": "softmax",
                                                                          "backbone": "small_resnet", **SMALL}},
                      saliency={"c2am_h": {**SMALL, "accumulation_steps": 1}},
-                     weight_maps={"weight_map": SMALL})
+                     weight_maps={"weight_map": SMALL},
+                     wsol={"experiments": [{"classifier": "cam_softmax", "maps": "advcam"},
+                                           {"classifier": "cam_softmax", "maps": "weight_map"}]})
 TRAINING_RULES = {"train_classifier", "train_relation", "train_saliency", "train_segmentation", "train_weight_map"}
 # AdvCAM's climb asks for a GPU, CAM's maps do not (the config's AdvCAM entries are named advcam…).
 CLIMBING_RULES = {"seeds_shard", "wsol_seeds_shard"}

@@ -185,7 +185,7 @@ def test_per_seeds_settings_rerun_only_that_entry_from_its_stage(finished_run: P
 
 
 def test_variants_train_their_shared_ordinary_classifier_once(tmp_path: Path) -> None:
-    config = yaml.safe_load(yaml.safe_dump(TINY))
+    config = tiny_config(shards=1)  # one job a stage: sharding is tested by the module's run
     cam = config["classifiers"]["cam"]
     config["classifiers"].update(p_noc={**cam, "variant": "p_noc", "ordinary": "cam"},
                                  oc_cse={**cam, "variant": "oc_cse", "ordinary": "cam", "label_smoothing": 0.1})
@@ -217,6 +217,7 @@ def test_saliency_entries_feed_seeds_affinity_labels_and_the_summary(tmp_path: P
                 "batch_size": 6, "accumulation_steps": 2, "resize_long": [48, 80], "crop": 64, "width": 16,
                 "scales": [1.0]}
     config = tiny_config(
+        shards=1,  # one job a stage: sharding is tested by the module's run
         saliency={"c2am_h": {"method": "c2am_h", "classifier": "cam", "seeds": "cam", **saliency},
                   "refined": {"method": "refined", "source": "c2am_h", **saliency, "batch_size": 4}},
         seeds={"cam": {"method": "cam", "scales": [1.0]},
@@ -229,7 +230,7 @@ def test_saliency_entries_feed_seeds_affinity_labels_and_the_summary(tmp_path: P
     write_config(tmp_path, config)
     jobs = planned_jobs(tmp_path)
     assert jobs["train_saliency"] == 2 and jobs["saliency_seeds"] == 1 and jobs["evaluate_hint_foreground"] == 1
-    assert jobs["seeds_shard"] == 4  # cam and adv_sal; cam_sal takes cam's maps
+    assert jobs["seeds_shard"] == 2  # cam and adv_sal; cam_sal takes cam's maps
     snakemake(tmp_path, "--cores", "2")
     summary = pd.read_csv(tmp_path / "results" / "summary.csv")
     rows = summary[summary.stage == "saliency"].set_index(["method", "metric"])["value"]
