@@ -32,7 +32,7 @@ run-msrc: env
 test: env
 	$(BIN)/ruff check wsss_steps tests benchmarks diagnostics
 	$(BIN)/snakemake --lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # A one-node SLURM cluster on localhost (installs slurm-wlm and munge when missing; root or sudo):
 # the tiny workflow through --executor slurm equals a local run. See tests/slurm/test_slurm.sh.
