@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from snakemake.logging import logger
 from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
@@ -14,13 +15,22 @@ sys.path.insert(0, workflow.basedir)
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}:$PYTHONPATH; ")
 
 from wsss_steps.data.adapters import open_dataset  # noqa: E402
-from wsss_steps.data.manifest import read_id_list  # noqa: E402
+from wsss_steps.data.sources import invalidate_changed_manifest  # noqa: E402
 from wsss_steps.workflow.config import (  # noqa: E402
     ConfigError,
     check_config,
     check_dataset_configs,
+    config_files_in_use,
+    generated_split_ids,
     ground_truth_subset,
+    ground_truth_subset_problems,
+    inherited_generator,
+    invalid,
+    missing_splits,
     missing_weight_files,
+    needs_seed_masks,
+    read_config_file,
+    schema_problems,
     segmentation_name,
 )
 
@@ -42,15 +52,24 @@ def _checked(settings, files):
     sorted: rule params (and the options built from them) follow the key order, so reordering
     keys in a config file is a no-op instead of a rerun of every stage."""
     check_config(settings, SCHEMA, files)
+    problems = schema_problems(settings, SCHEMA)
+    if problems:
+        raise invalid(problems, files)
     validate(settings, SCHEMA_PATH)
     missing = missing_weight_files(settings)
     if missing:
-        where = f" ({', '.join(map(str, files))})" if files else ""
-        raise ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(missing))
+        raise invalid(missing, files)
     return _sorted_mapping(settings)
 
 
-_canonical_config = _checked(config, tuple(workflow.configfiles))
+_settings = workflow.config_settings
+if not _settings.replace_workflow_config and inherited_generator(config, _settings.overwrite_config):
+    del config["dataset"]["generator"]  # config.yaml's, merged into a dataset of another kind
+    if workflow.is_main_process:
+        logger.info(f"dataset.generator of config.yaml is not read: dataset.kind is {config['dataset']['kind']} "
+                    "(--configfile and --config are merged into config.yaml; --replace-workflow-config replaces it)")
+_canonical_config = _checked(config, config_files_in_use(workflow.configfiles, _settings.configfiles,
+                                                         _settings.replace_workflow_config))
 config.clear()
 config.update(_canonical_config)
 
@@ -60,10 +79,7 @@ config.update(_canonical_config)
 # the run-level keys (device, gpu_available, shards, resources) are this config's.
 DATASET_CONFIGS = {config["dataset"]["name"]: config}
 for _path in config.get("datasets_from", []):
-    if not os.path.isfile(_path):
-        raise ConfigError(f"datasets_from: config file not found: {_path}")
-    with open(_path) as _file:
-        _other = _checked(yaml.safe_load(_file) or {}, (_path,))
+    _other = _checked(read_config_file(_path), (_path,))
     if _other.get("datasets_from"):
         raise ConfigError(f"{_path}: datasets_from is read from the main config only, not from {_path}")
     if _other["dataset"]["name"] in DATASET_CONFIGS:
@@ -199,11 +215,10 @@ def seed_split(wildcards):
 
 
 def masks_required(wildcards):
-    """The seed split is evaluated: prepare_data checks every image there has its ground-truth
-    mask. The val split's masks are checked when the workflow starts, only where a segmentation
-    network is evaluated on them (`check_val_masks`): a params flag would rebuild the val manifest,
-    and retrain everything, whenever experiments with and without segmentation are swapped."""
-    return wildcards.split == seed_split(wildcards)
+    """prepare_data's --require-masks: a generated dataset's seed split (it has every mask). A
+    user's dataset's masks are checked when the workflow starts, where something reads them
+    (`check_masks`), so this flag never changes with the experiments."""
+    return wildcards.dataset in GENERATED_DATASETS and wildcards.split == seed_split(wildcards)
 
 
 def manifest(wildcards, split):
@@ -229,6 +244,22 @@ def dataset_source_files(wildcards):
     if wildcards.dataset in GENERATED_DATASETS:
         return [DATASETS[wildcards.dataset]["root"]]
     return [str(path) for path in dataset_adapter(wildcards.dataset).source_files(wildcards.split)]
+
+
+def invalidate_changed_manifests():
+    """Before planning, in the main process only: a manifest whose source files changed content
+    since prepare_data wrote it is marked out of date, whatever the files' modification times
+    (a copy made with `cp -p`, `rsync -a` or from a tar archive keeps an old one)."""
+    for name in DATASETS:
+        for manifest_path in sorted(Path("results", name, "data").glob("*.csv")):
+            changed = invalidate_changed_manifest(manifest_path)
+            if changed:
+                logger.info(f"dataset {name}: {len(changed)} file(s) of split {manifest_path.stem} changed content "
+                            f"since its manifest was written (e.g. {changed[0]}); prepare_data reruns")
+
+
+if workflow.is_main_process:
+    invalidate_changed_manifests()
 
 
 # Map stages (rules/maps.smk): inferred in shards, each over one split, then merged by merge_maps.
@@ -485,42 +516,67 @@ def segmentation_experiments(dataset):
     return [e for e in experiments(dataset) if has_segmentation(e)]
 
 
-def check_val_masks():
-    """Before any job: a segmentation network is evaluated on the val split, so every val image
-    of a user's dataset needs its mask (generated datasets always have them)."""
+def check_splits():
+    """Before any job, in the main process: every split a user's dataset is read on exists (a
+    generated dataset's splits are checked with the config)."""
+    problems = [f"dataset {name}: {problem}" for name in DATASETS if name not in GENERATED_DATASETS
+                for problem in missing_splits(DATASET_CONFIGS[name], dataset_adapter(name).split_ids)]
+    if problems:
+        raise invalid(problems)
+
+
+if workflow.is_main_process:
+    check_splits()
+
+
+def check_masks():
+    """Before any job, a user's dataset (a generated one has every mask): the seed split's images
+    need their masks where anything scores them (`needs_seed_masks`: not a WSOL-only run, e.g. on
+    CUB without segmentations/), the val split's where a segmentation network is evaluated. Checked
+    here rather than by a prepare_data flag: a params flag would rebuild the manifest, and retrain
+    everything, whenever experiments with and without those evaluations are swapped."""
+    problems = []
     for name, settings in DATASETS.items():
-        if name in GENERATED_DATASETS or not segmentation_experiments(name):
+        if name in GENERATED_DATASETS:
             continue
+        needed = {}
+        if needs_seed_masks(DATASET_CONFIGS[name]):
+            needed[settings["train_split"]] = "seeds and pseudo masks are scored on that split (its masks are needed)"
+        if segmentation_experiments(name):
+            needed.setdefault(settings["val_split"], "the segmentation experiments are evaluated on that split "
+                                                     "(give every val image its mask, or set segmentation: false)")
         dataset = dataset_adapter(name)
-        split = settings["val_split"]
-        missing = [i for i in dataset.split_ids(split) if dataset.mask_path(i) is None]
-        if missing:
-            raise ConfigError(
-                f"dataset {name}: {len(missing)} image(s) of split {split!r} have no ground-truth mask "
-                f"(e.g. {', '.join(repr(i) for i in missing[:5])}); the segmentation experiments are "
-                "evaluated on that split (give every val image its mask, or set segmentation: false)")
+        for split, why in needed.items():
+            missing = [i for i in dataset.split_ids(split) if dataset.mask_path(i) is None]
+            if missing:
+                problems.append(f"dataset {name}: {len(missing)} image(s) of split {split!r} have no ground-truth "
+                                f"mask (e.g. {', '.join(repr(i) for i in missing[:5])}); {why}")
+    if problems:
+        raise invalid(problems)
 
 
-check_val_masks()
+if workflow.is_main_process:
+    check_masks()
 
 
 def check_ground_truth_subsets():
     """Before any job: a semi-supervised experiment's ground-truth images are images of the train
-    split with a mask (a user's dataset; a generated one is checked by train_segmentation)."""
+    split with a mask (a generated dataset's ids follow from its generator settings, every image
+    with its mask)."""
+    problems = []
     for name, settings in DATASETS.items():
-        if name in GENERATED_DATASETS or not semi_supervised(name):
+        subsets = {masks: subset for masks, (_, subset) in semi_supervised(name).items()}
+        if not subsets:
             continue
-        dataset = dataset_adapter(name)
-        train_ids = set(dataset.split_ids(settings["train_split"]))
-        for masks, (_, subset) in semi_supervised(name).items():
-            subset_ids = read_id_list(Path(subset))
-            outside = [i for i in subset_ids if i not in train_ids]
-            unmasked = [i for i in subset_ids if i in train_ids and dataset.mask_path(i) is None]
-            for ids, what in ((outside, f"are not images of split {settings['train_split']!r}"),
-                              (unmasked, "have no ground-truth mask")):
-                if ids:
-                    raise ConfigError(f"dataset {name}, experiment {masks}: {len(ids)} id(s) of the ground-truth "
-                                      f"subset {subset} {what} (e.g. {', '.join(map(repr, ids[:5]))})")
+        split = settings["train_split"]
+        if name in GENERATED_DATASETS:
+            ids, has_mask = generated_split_ids(settings, split), lambda image_id: True
+        else:
+            dataset = dataset_adapter(name)
+            ids, has_mask = dataset.split_ids(split), lambda image_id, d=dataset: d.mask_path(image_id) is not None
+        problems += ground_truth_subset_problems(name, split, ids, has_mask, subsets)
+    if problems:
+        raise invalid(problems)
 
 
 check_ground_truth_subsets()
@@ -574,21 +630,27 @@ def sweep_maps(wildcards):
     return f"results/{wildcards.dataset}/{path}"
 
 
+def pseudo_mask_settings(wildcards):
+    """The pseudo_masks section as its rule's command uses it (a param: changed, it reruns): without
+    dCRF, crf_iterations and crf_gt_prob are unused, and a change of them reruns nothing. With dCRF
+    (the default) it is the whole section, as the rule's params were before."""
+    settings = dataset_config(wildcards)["pseudo_masks"]
+    return settings if settings["crf"] else {"crf": False}
+
+
 def pseudo_mask_threshold(wildcards):
     return seeds_stage_settings("random_walk", wildcards)["sem_seg_bg_thres"]
 
 
-def sweep_settings(wildcards):
-    """What a swept stage's scores depend on besides its inputs (a param: changed, it reruns)."""
-    if wildcards.sweep_stage in ("seeds", "seeds_crf"):
-        return dataset_config(wildcards)["evaluation"]["seeds"]
-    if wildcards.sweep_stage == "pseudo_masks":
-        return dataset_config(wildcards)["evaluation"]["pseudo_masks"]
-    return {"threshold": pseudo_mask_threshold(wildcards)}
-
-
 def sweep_options(wildcards):
-    """A swept stage's --map-name and --thresholds (start stop step), and dCRF options."""
+    """A swept stage's --map-name and --thresholds (start stop step), and dCRF options.
+
+    The rule's params hold exactly this (not the whole evaluation section), so a setting reruns
+    only the sweeps whose command uses it: evaluation.seeds.thresholds the `seeds` sweeps,
+    crf_thresholds the `seeds_crf` ones, neither the scoring of seeds with a saliency background
+    (no sweep). crf_workers is not here: the scores do not depend on it (the rule passes its
+    threads, sweep_threads, as --workers).
+    """
     stage = wildcards.sweep_stage
     evaluation = dataset_config(wildcards)["evaluation"]
     if wildcards.seeds in derived_seeds(wildcards) and stage in ("seeds", "seeds_crf"):
@@ -597,8 +659,7 @@ def sweep_options(wildcards):
     if stage == "seeds":
         return f"--map-name cam --thresholds {cli_value(evaluation['seeds']['thresholds'])}"
     if stage == "seeds_crf":
-        return (f"--map-name cam --thresholds {cli_value(evaluation['seeds']['crf_thresholds'])} "
-                f"--crf --workers {evaluation['seeds']['crf_workers']}")
+        return f"--map-name cam --thresholds {cli_value(evaluation['seeds']['crf_thresholds'])} --crf"
     if stage == "pseudo_masks":
         # The random walk's normalised scores, swept over sem_seg_bg_thres (best recorded).
         return f"--map-name cam --thresholds {cli_value(evaluation['pseudo_masks']['thresholds'])}"
@@ -609,7 +670,11 @@ def sweep_options(wildcards):
 
 
 def sweep_threads(wildcards):
-    return dataset_config(wildcards)["evaluation"]["seeds"]["crf_workers"] if wildcards.sweep_stage == "seeds_crf" else 1
+    """The dCRF sweep's worker processes (crf_workers); the other scorings, and the dCRF of seeds
+    with a saliency background (one label map an image), run in one."""
+    if wildcards.sweep_stage == "seeds_crf" and wildcards.seeds not in derived_seeds(wildcards):
+        return dataset_config(wildcards)["evaluation"]["seeds"]["crf_workers"]
+    return 1
 
 
 # Segmentation (rules/segmentation.smk)

@@ -28,6 +28,8 @@ rule prepare_data:
         dataset_source_files,
     output:
         "results/{dataset}/data/{split}.csv",
+        # Each source file's stat and sha256: reruns follow content (invalidate_changed_manifests).
+        "results/{dataset}/data/{split}.sources.json",
     params:
         dataset=lambda w: {k: v for k, v in dataset_settings(w).items() if k != "generator"},
         options=lambda w: cli_options(
@@ -36,6 +38,7 @@ rule prepare_data:
                 "root": dataset_settings(w)["root"],
                 "name": w.dataset,
                 "label_source": dataset_settings(w)["label_source"],
+                "label_mask_check": dataset_settings(w)["label_mask_check"],
                 "labels_csv": dataset_settings(w).get("labels_csv"),
                 "max_image_pixels": dataset_settings(w)["max_image_pixels"],
             }

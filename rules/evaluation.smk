@@ -16,7 +16,7 @@ rule evaluate_sweep:
         per_class="results/{dataset}/eval/{sweep_stage}/{classifier}/{seeds}/per_class.csv",
         rows="results/{dataset}/eval/{sweep_stage}/{classifier}/{seeds}/summary_rows.csv",
     params:
-        settings=sweep_settings,
+        # exactly the evaluation settings this stage's command uses (see sweep_options)
         options=sweep_options,
         split=seed_split,
     log:
@@ -32,7 +32,7 @@ rule evaluate_sweep:
     shell:
         "python -m wsss_steps.evaluate --manifest {input.manifest:q} --maps {input.maps:q} {params.options} "
         "--dataset {wildcards.dataset} --stage {wildcards.sweep_stage} --method {wildcards.seeds} "
-        "--classifier {wildcards.classifier} --split {params.split} --curve {output.curve:q} "
+        "--classifier {wildcards.classifier} --split {params.split} --workers {threads} --curve {output.curve:q} "
         "--per-class {output.per_class:q} --summary {output.rows:q} 2> {log:q}"
 
 

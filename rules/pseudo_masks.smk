@@ -97,8 +97,8 @@ rule pseudo_masks:
         masks="results/{dataset}/pseudo_masks/{classifier}/{seeds}/masks.h5",
         png=directory("results/{dataset}/pseudo_masks/{classifier}/{seeds}/png"),
     params:
-        settings=lambda w: dataset_config(w)["pseudo_masks"],
-        options=lambda w: cli_options(dataset_config(w)["pseudo_masks"]),
+        settings=pseudo_mask_settings,
+        options=lambda w: cli_options(pseudo_mask_settings(w)),
     log:
         "logs/{dataset}/pseudo_masks_{classifier}_{seeds}.log",
     benchmark:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import pytest
@@ -186,3 +187,156 @@ def test_method_ii_keys_are_refused_on_method_i() -> None:
         check_config(config, SCHEMA)
     config["weight_maps"][name]["method"] = "ii"
     check_config(config, SCHEMA)
+
+
+def test_generated_split_ids_are_the_ids_the_generator_writes(tmp_path: Path) -> None:
+    """Issue 29 item 8: the ids of a generated dataset are known before it is generated."""
+    from wsss_steps.data.generated import (
+        GeneratorError,
+        GeneratorSettings,
+        generate_dataset,
+        split_ids,
+    )
+    from wsss_steps.workflow.config import generated_split_ids
+
+    settings = GeneratorSettings(num_train=3, num_val=2, image_size=32, seed=1)
+    generate_dataset(tmp_path / "ds", settings)
+    for split in ("train", "val"):
+        written = (tmp_path / "ds" / "ImageSets" / "Segmentation" / f"{split}.txt").read_text().split()
+        assert split_ids(settings, split) == written
+        assert all((tmp_path / "ds" / "SegmentationClass" / f"{i}.png").is_file() for i in written)
+    dataset = {"kind": "generated", "generator": {"num_train": 3, "num_val": 2, "image_size": 32, "seed": 1}}
+    assert generated_split_ids(dataset, "train") == ["train_000000", "train_000001", "train_000002"]
+    with pytest.raises(GeneratorError, match="the generated dataset's splits are train, val, not 'test'"):
+        split_ids(settings, "test")
+
+
+def test_ground_truth_subset_ids_are_checked_against_the_train_split(tmp_path: Path) -> None:
+    from wsss_steps.workflow.config import ground_truth_subset_problems
+
+    subset = tmp_path / "gt.txt"
+    subset.write_text("train_000001\ntrain_000999\nval_000000\n")
+    problems = ground_truth_subset_problems("tiny", "train", ["train_000000", "train_000001"],
+                                            lambda image_id: image_id != "train_000001", {"cam+gt": str(subset)})
+    assert problems == [
+        f"dataset tiny, experiment cam+gt: 2 id(s) of the ground-truth subset {subset} are not images of split "
+        "'train' (e.g. 'train_000999', 'val_000000')",
+        f"dataset tiny, experiment cam+gt: 1 id(s) of the ground-truth subset {subset} have no ground-truth mask "
+        "(e.g. 'train_000001')"]
+
+
+def test_only_wsss_reads_the_seed_splits_masks() -> None:
+    """Issue 29 item 9: a WSOL-only run needs no mask of the train split (CUB without segmentations/)."""
+    from wsss_steps.workflow.config import needs_seed_masks
+
+    assert needs_seed_masks(CONFIG)
+    wsol_only = {**CONFIG, "experiments": [], "saliency": {}}
+    assert not needs_seed_masks(wsol_only)
+    assert needs_seed_masks({**wsol_only, "saliency": CONFIG["saliency"]})  # scored on the seed split
+
+
+def test_only_the_config_files_in_use_are_read() -> None:
+    """Issue 29 item 10: Snakemake lists config.yaml even when --replace-workflow-config drops it."""
+    from wsss_steps.workflow.config import config_files_in_use
+
+    given = (Path("mine.yaml").absolute(),)
+    assert config_files_in_use([*given, "config.yaml"], given, replaced=True) == given
+    assert config_files_in_use([*given, "config.yaml"], given, replaced=False) == (*given, "config.yaml")
+
+
+def test_wsol_splits_must_exist() -> None:
+    from wsss_steps.data.manifest import DatasetError
+    from wsss_steps.workflow.config import missing_splits
+
+    config = copy.deepcopy(CONFIG)
+    config["wsol"]["evaluation_split"] = "test"
+    with pytest.raises(ConfigError, match="wsol.evaluation_split = 'test': a generated dataset's splits are train, val"):
+        check_config(config, SCHEMA)
+
+    def split_ids(split: str) -> list[str]:
+        if split not in ("train", "val"):
+            raise DatasetError(f"no split file {split}.txt under ImageSets/")
+        return ["a"]
+
+    assert missing_splits(config, split_ids) == ["wsol.evaluation_split = 'test': no split file test.txt under ImageSets/"]
+    config["wsol"]["experiments"] = []  # not read then
+    assert missing_splits(config, split_ids) == []
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("dataset", "synth", "config key 'dataset' must be a mapping (indented key: value lines), not the str 'synth'"),
+    ("experiments", "cam", "config key 'experiments' must be a list (- item lines), not the str 'cam'"),
+    ("classifiers", {"cam": 3}, "config key 'classifiers.cam' must be a mapping (indented key: value lines), not "
+                                "the int 3"),
+])
+def test_a_value_where_a_section_belongs_is_named(tmp_path: Path, key: str, value: object, message: str) -> None:
+    """Issue 29 item 10: `dataset: synth` is named in one line, not an AttributeError."""
+    config = copy.deepcopy(CONFIG)
+    config[key] = value
+    path = tmp_path / "my.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError) as error:
+        check_config(config, SCHEMA, (path,))
+    assert str(error.value) == f"invalid configuration ({path}):\n  {message}"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- a\n- b\n", "datasets_from: {path}: the file holds a YAML list, not a config"),
+    ("", "datasets_from: {path}: the file is empty"),
+    ("a: [1\n", "datasets_from: {path}: not valid YAML"),
+])
+def test_a_datasets_from_file_that_is_no_config_is_named(tmp_path: Path, text: str, message: str) -> None:
+    from wsss_steps.workflow.config import read_config_file
+
+    path = tmp_path / "other.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message.format(path=path))) as error:
+        read_config_file(path)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="datasets_from: config file not found: missing.yaml"):
+        read_config_file("missing.yaml")
+
+
+def test_problems_of_a_config_file_name_the_file(tmp_path: Path) -> None:
+    config = copy.deepcopy(CONFIG)
+    config["colour"] = "red"
+    path = tmp_path / "other.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ConfigError, match=re.escape(f"invalid configuration ({path}):\n  unknown config key 'colour'")):
+        check_config(config, SCHEMA, (path,))
+    from wsss_steps.workflow.config import schema_problems
+
+    config = copy.deepcopy(CONFIG)
+    del config["evaluation"]
+    config["shards"] = 0
+    assert schema_problems(config, SCHEMA) == ["'evaluation' is a required property",
+                                               "config key 'shards': 0 is less than the minimum of 1"]
+
+
+def test_generator_settings_on_another_kind_are_refused() -> None:
+    """Issue 29 item 10: `dataset.generator` on a custom dataset was silently ignored."""
+    from wsss_steps.workflow.config import inherited_generator
+
+    config = copy.deepcopy(CONFIG)
+    config["dataset"].update(kind="custom", root="data/mine")
+    with pytest.raises(ConfigError, match="dataset.generator: read by kind: generated only, not by kind: custom"):
+        check_config(config, SCHEMA)
+    # `--configfile my.yaml` merged into config.yaml: the generator settings are config.yaml's
+    assert inherited_generator(config, {"dataset": {"name": "mine", "kind": "custom", "root": "data/mine"}})
+    assert not inherited_generator(config, {"dataset": {"kind": "custom", "generator": {"seed": 2}}})
+    assert not inherited_generator(config, {"shards": 3})  # the kind was edited in config.yaml itself
+    del config["dataset"]["generator"]
+    check_config(config, SCHEMA)
+
+
+def test_saliency_background_seeds_of_saliency_background_seeds_are_refused() -> None:
+    """Issue 29 item 10: the inner entry's saliency was lost."""
+    config = copy.deepcopy(CONFIG)
+    config["saliency"]["c2am"] = {"method": "c2am"}
+    config["seeds"]["inner"] = {"method": "saliency_background", "seeds": "cam", "saliency": "c2am"}
+    check_config(config, SCHEMA)
+    config["seeds"]["outer"] = {"method": "saliency_background", "seeds": "inner", "saliency": "c2am_h"}
+    with pytest.raises(ConfigError, match=re.escape(
+            "seeds.outer.seeds = 'inner': seeds.inner is a saliency_background entry too, and its saliency "
+            "('c2am') would be lost; name the seeds it takes ('cam') in seeds.outer.seeds")):
+        check_config(config, SCHEMA)

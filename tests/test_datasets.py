@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss_steps.data.adapters import Voc2012Dataset, VocLayoutDataset, build_manifest
+from wsss_steps.data.adapters import (
+    Voc2012Dataset,
+    VocLayoutDataset,
+    build_manifest,
+    split_label_names,
+)
 from wsss_steps.data.images import read_label_mask, write_image, write_label_mask
 from wsss_steps.data.manifest import DatasetError, read_manifest, validate_image_id, write_manifest
 from wsss_steps.prepare_data import main as prepare_data_main
@@ -23,7 +28,7 @@ def make_voc_layout(root: Path, labels: dict[str, str], classes=("cat", "dog"), 
     for image_id, names in labels.items():
         write_image(root / "JPEGImages" / f"{image_id}.jpg", rng.integers(0, 255, (*size, 3), dtype=np.uint8))
         mask = np.zeros(size, np.uint8)
-        for k, name in enumerate(names.split()):
+        for k, name in enumerate(split_label_names(names)):
             mask[k * 4:(k + 1) * 4, :] = classes.index(name) + 1
         mask[-1, :] = 255
         write_label_mask(root / "SegmentationClass" / f"{image_id}.png", mask)
@@ -139,7 +144,7 @@ def test_boxes_reach_the_manifest_and_bad_rows_are_named(tmp_path: Path) -> None
 def test_manifest_without_boxes_keeps_its_columns(tmp_path: Path) -> None:
     root = make_voc_layout(tmp_path / "ds", {"a1": "cat"})
     path = write_manifest(build_manifest(VocLayoutDataset(root), "train", True), tmp_path / "data")
-    assert path.read_text().splitlines()[0] == "image_id,image,mask,labels,height,width,digest"
+    assert path.read_text().splitlines()[0] == "image_id,image,mask,label_ids,label_names,height,width,digest"
 
 
 def make_cub(root: Path, segmentations: bool = True) -> Path:
@@ -213,9 +218,10 @@ def test_cub_problems_name_the_file(tmp_path: Path) -> None:
 
 # COCO (kind: coco): a fixture in the official layout, annotations read with pycocotools.
 
-COCO_CATEGORIES = [{"id": 18, "name": "dog", "supercategory": "animal"},  # listed out of id order
+# Names with spaces, as 15 of COCO's 80 ("traffic light", "teddy bear", ...).
+COCO_CATEGORIES = [{"id": 18, "name": "teddy bear", "supercategory": "indoor"},  # listed out of id order
                    {"id": 1, "name": "person", "supercategory": "person"},
-                   {"id": 3, "name": "car", "supercategory": "vehicle"}]
+                   {"id": 3, "name": "traffic light", "supercategory": "outdoor"}]
 
 
 def _rectangle(x0: int, y0: int, x1: int, y1: int) -> list[list[float]]:
@@ -267,18 +273,18 @@ def test_coco_classes_labels_masks_crowds_overlaps_and_empty_images(tmp_path: Pa
     # The image without objects is left out, and said so with its count and id.
     assert "1 image(s) without any annotated object are left out: COCO_train2014_000000000002" in caplog.text
     manifest = read_manifest(out / "train2014.csv")
-    assert manifest.class_names == ("person", "car", "dog")  # by category id: 1, 3, 18
+    assert manifest.class_names == ("person", "traffic light", "teddy bear")  # by category id: 1, 3, 18
     assert manifest.ids == ["COCO_train2014_000000000001", "COCO_train2014_000000000003"]
     first, third = manifest.records
-    assert first.labels == (0, 2) and third.labels == (1,)  # the crowd's class counts; person 0, dog 2
+    assert first.labels == (0, 2) and third.labels == (1,)  # the crowd's class counts; person 0, teddy bear 2
     # Masks rasterised under the results' data folder, never beside the user's data.
     assert first.mask_path.resolve().parent == (out / "masks").resolve()
     assert not any(p.suffix == ".png" for p in root.rglob("*"))
     mask = read_label_mask(first.mask_path)
     assert mask.shape == (30, 40)
     assert (mask[4:25, 4:11] == 1).all()  # person alone
-    assert (mask[8:19, 14:19] == 3).all()  # the dog, drawn after the person, wins their overlap
-    assert (mask[8:19, 22:27] == 3).all()  # the dog alone
+    assert (mask[8:19, 14:19] == 3).all()  # the teddy bear, drawn after the person, wins their overlap
+    assert (mask[8:19, 22:27] == 3).all()  # the teddy bear alone
     assert (mask[:, 30:] == 255).all() and (mask[28:, :30] == 0).all()  # the RLE crowd is ignored; background
     assert set(np.unique(mask).tolist()) == {0, 1, 3, 255}
     car = read_label_mask(third.mask_path)
@@ -313,3 +319,289 @@ def test_coco_problems_name_the_file(tmp_path: Path) -> None:
     path.write_text("{}")
     with pytest.raises(DatasetError, match="not a COCO instances file"):
         CocoDataset(root).split_ids("train2014")
+
+
+def test_coco_names_with_spaces_reach_the_manifest_classifier_and_seeds(tmp_path: Path) -> None:
+    """COCO's multi-word class names travel as indices: the manifest reads back, the classifier
+    trains on it and the seeds step writes maps for the labelled classes."""
+    from wsss_steps import seeds, train_classifier
+
+    root = make_coco(tmp_path / "coco")
+    out = tmp_path / "data"
+    for split in ("train2014", "val2014"):
+        assert prepare_data_main(["--kind", "coco", "--root", str(root), "--name", "coco", "--split", split,
+                                  "--out-dir", str(out)]) == 0
+    text = (out / "train2014.csv").read_text()
+    assert "person|teddy bear" in text and "1 1 1 29 30" in text  # label_names for people; boxes by index
+    manifest = read_manifest(out / "train2014.csv")
+    assert [r.labels for r in manifest.records] == [(0, 2), (1,)]
+    assert [b.label for b in manifest.records[0].boxes] == [0, 2]
+    model = tmp_path / "classifier"
+    assert train_classifier.main([
+        "--manifest", str(out / "train2014.csv"), "--val-manifest", str(out / "val2014.csv"),
+        "--out", str(model / "model.pt"), "--metrics", str(model / "metrics.csv"),
+        "--checkpoint-dir", str(model / "ckpt"), "--backbone", "small_resnet", "--epochs", "1",
+        "--batch-size", "2", "--resize-long", "32", "40", "--crop", "32", "--threads", "1"]) == 0
+    seeds.main(["--method", "cam", "--classifier", str(model / "model.pt"), "--manifest", str(out / "train2014.csv"),
+                "--out", str(tmp_path / "seeds.h5"), "--scales", "1.0", "--device", "cpu"])
+    from wsss_steps.store.maps import MapReader
+
+    with MapReader(tmp_path / "seeds.h5") as reader:
+        maps = reader.read("COCO_train2014_000000000001")
+        np.testing.assert_array_equal(maps["keys"], [0, 2])
+        assert maps["cam"].shape == (2, 30, 40)
+
+
+def test_an_annotation_of_no_image_is_refused_by_its_id(tmp_path: Path) -> None:
+    from wsss_steps.data.adapters import CocoDataset
+
+    root = make_coco(tmp_path / "coco")
+    path = root / "annotations" / "instances_train2014.json"
+    path.write_text(path.read_text().replace('"id": 11, "image_id": 1,', '"id": 11, "image_id": 99,'))
+    with pytest.raises(DatasetError, match=r"1 annotation\(s\) name an image_id that 'images' lacks "
+                                           r"\(annotation ids \[11\]\)"):
+        CocoDataset(root).split_ids("train2014")
+
+
+def test_an_older_manifest_is_read_or_refused_by_name(tmp_path: Path) -> None:
+    """Manifests from before class indices: read while no class name holds a space."""
+    data = tmp_path / "data"
+    data.mkdir()
+    header = "image_id,image,mask,labels,height,width,digest,boxes\n"
+    (data / "classes.txt").write_text("cat\ndog\n")
+    (data / "train.csv").write_text(header + "a1,/x/a1.jpg,,dog cat,20,24,d,dog 1 2 3 4\n")
+    record = read_manifest(data / "train.csv").records[0]
+    assert record.labels == (1, 0) and tuple(record.boxes[0]) == (1, 1, 2, 3, 4)
+    (data / "classes.txt").write_text("cat\nteddy bear\n")
+    (data / "train.csv").write_text(header + "a1,/x/a1.jpg,,teddy bear,20,24,d,\n")
+    with pytest.raises(DatasetError, match=r"train.csv \(a1\): written by an older version .*'teddy bear'.*"
+                                           r"delete it and rerun prepare_data"):
+        read_manifest(data / "train.csv")
+
+
+def test_labels_csv_separates_names_with_spaces_by_semicolons(tmp_path: Path) -> None:
+    root = make_voc_layout(tmp_path / "ds", {"a1": "cat", "a2": "teddy bear;cat"}, classes=("cat", "teddy bear"))
+    assert (root / "labels.csv").read_text() == "image_id,labels\na1,cat\na2,teddy bear;cat\n"
+    manifest = build_manifest(VocLayoutDataset(root), "train", require_masks=True)
+    written = read_manifest(write_manifest(manifest, tmp_path / "data"))
+    assert [r.labels for r in written.records] == [(0,), (0, 1)]
+    (root / "labels.csv").write_text("image_id,labels\na1,cat\na2,teddy bear cat\n")
+    with pytest.raises(DatasetError, match=r"line 3: image 'a2' has unknown class name\(s\) \['teddy', 'bear'\].*"
+                                           r"separate names with ';'"):
+        build_manifest(VocLayoutDataset(root), "train", require_masks=True)
+
+
+@pytest.mark.parametrize(("classes", "message"), [
+    (("background", "cat", "dog"), "the first class is 'background': list foreground classes only"),
+    (("cat", "cat"), r"class names repeat: \['cat'\]"),
+    (("cat", "a;b"), "may not hold ';' or '|'"),
+])
+def test_bad_classes_txt_is_refused(tmp_path: Path, classes: tuple[str, ...], message: str) -> None:
+    root = make_voc_layout(tmp_path / "ds", {"a1": "cat"})
+    (root / "classes.txt").write_text("\n".join(classes) + "\n")
+    with pytest.raises(DatasetError, match=message):
+        VocLayoutDataset(root)
+
+
+def test_labels_that_disagree_with_masks_are_refused_with_ids_and_classes(tmp_path: Path) -> None:
+    root = make_voc_layout(tmp_path / "ds", {"a1": "cat", "a2": "dog cat", "a3": "dog"})
+    labels = root / "labels.csv"
+    labels.write_text("image_id,labels\na1,cat dog\na2,dog\na3,dog\n")  # a1: dog absent; a2: cat missing
+    with pytest.raises(DatasetError, match=r"2 problem\(s\)") as error:
+        build_manifest(VocLayoutDataset(root), "train", require_masks=True)
+    text = str(error.value)
+    assert "image 'a1': its labels ['cat', 'dog'] disagree with its mask" in text
+    assert "labels [1] have no pixel in the mask" in text
+    assert "image 'a2': its labels ['dog'] disagree" in text and "classes [0] have pixels in the mask but no label" in text
+    assert "a3" not in text
+    # A label whose object is void in the mask (make_voc_layout's masks have a void row): allowed on request.
+    labels.write_text("image_id,labels\na1,cat dog\na2,dog cat\na3,dog\n")
+    with pytest.raises(DatasetError, match="allow_void_only accepts"):
+        build_manifest(VocLayoutDataset(root), "train", require_masks=True)
+    assert build_manifest(VocLayoutDataset(root), "train", True, label_mask_check="allow_void_only").records[0].labels \
+        == (0, 1)
+    labels.write_text("image_id,labels\na1,dog\na2,dog cat\na3,dog\n")
+    with pytest.raises(DatasetError, match="classes \\[0\\] have pixels"):
+        build_manifest(VocLayoutDataset(root), "train", True, label_mask_check="allow_void_only")
+    assert build_manifest(VocLayoutDataset(root), "train", True, label_mask_check="none").records[0].labels == (1,)
+
+
+def test_a_photo_with_an_exif_orientation_is_read_as_stored_everywhere(tmp_path: Path,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    """A phone photo flagged 'rotate 90°' is read as stored by prepare_data's size check and by
+    every step's reader, so it stays aligned with its mask (drawn on the stored pixels)."""
+    from wsss_steps.data.images import read_image
+
+    root = make_voc_layout(tmp_path / "ds", {"a1": "cat", "a2": "dog"}, size=(20, 24))
+    pixels = np.zeros((20, 24, 3), np.uint8)
+    pixels[:, :12] = 250  # left half bright: a rotation would move it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90° clockwise to display
+    Image.fromarray(pixels).save(root / "JPEGImages" / "a1.jpg", quality=100, exif=exif)
+    with caplog.at_level("WARNING"):
+        manifest = build_manifest(VocLayoutDataset(root), "train", require_masks=True)
+    assert (manifest.records[0].height, manifest.records[0].width) == (20, 24)
+    assert "1 image(s) carry an EXIF orientation flag" in caplog.text and "a1" in caplog.text
+    image = read_image(root / "JPEGImages" / "a1.jpg")
+    assert image.shape == (20, 24, 3)
+    assert image[:, :10].mean() > 200 and image[:, 14:].mean() < 50
+
+
+# Issue 29: bad inputs named, by file, line and id.
+
+def test_dataset_kind_that_does_not_fit_the_folder_is_named(tmp_path: Path) -> None:
+    from wsss_steps.data.adapters import open_dataset
+
+    custom = make_voc_layout(tmp_path / "ds", {"a1": "cat"})
+    with pytest.raises(DatasetError, match=r"ds looks like a custom layout \(classes.txt, labels.csv\), not a "
+                                           r"VOC2012 folder: use dataset.kind: custom"):
+        open_dataset({"kind": "voc2012", "root": str(custom), "name": "toy"})
+    voc = tmp_path / "VOC2012"
+    for folder in ("Annotations", "SegmentationClassAug", "JPEGImages", "ImageSets/Segmentation"):
+        (voc / folder).mkdir(parents=True)
+    with pytest.raises(DatasetError, match=r"VOC2012 has no classes.txt and looks like a VOC2012 folder "
+                                           r"\(Annotations/, SegmentationClassAug/\): use dataset.kind: voc2012"):
+        open_dataset({"kind": "custom", "root": str(voc), "name": "voc12"})
+
+
+def test_cub_kind_on_another_folder_and_malformed_cub_files_are_named(tmp_path: Path) -> None:
+    from wsss_steps.data.adapters import CubDataset
+
+    voc = make_voc_layout(tmp_path / "ds", {"a1": "cat"})
+    with pytest.raises(DatasetError, match=r"ds is not a CUB-200-2011 folder: it lacks images.txt, "
+                                           r"image_class_labels.txt, train_test_split.txt, bounding_boxes.txt, images/"):
+        CubDataset(voc)
+    root = make_cub(tmp_path / "cub", segmentations=False)
+    (root / "classes.txt").write_text("1 001.Black_footed_Albatross\nLaysan_Albatross\n")
+    with pytest.raises(DatasetError, match=r"classes.txt line 2: 'Laysan_Albatross' is not 'class_id class_name': "
+                                           r".*cub is not a CUB-200-2011 folder"):
+        CubDataset(root)
+    (root / "classes.txt").write_text("1 001.Black_footed_Albatross\n2 002.Laysan_Albatross\n")
+    boxes = (root / "bounding_boxes.txt").read_text()
+    (root / "bounding_boxes.txt").write_text(boxes + "9 1.0 1.0 2.0 2.0\n")
+    with pytest.raises(DatasetError, match=r"bounding_boxes.txt: image ids \['9'\] are not in images.txt "
+                                           r"\(the first on line 5\)"):
+        CubDataset(root)
+    (root / "bounding_boxes.txt").write_text(boxes)
+    (root / "train_test_split.txt").write_text("1 1\n2 0\n\n7 1\n")
+    with pytest.raises(DatasetError, match=r"train_test_split.txt: image ids \['7'\] are not in images.txt "
+                                           r"\(the first on line 4\)"):
+        CubDataset(root)
+
+
+def test_every_adapters_boxes_pass_one_check(tmp_path: Path) -> None:
+    import json
+    import re
+
+    from wsss_steps.data.adapters import CocoDataset, CubDataset
+    from wsss_steps.data.manifest import Box
+
+    root = make_cub(tmp_path / "cub", segmentations=False)
+    lines = (root / "bounding_boxes.txt").read_text().splitlines()
+    for values, message in (("5.0 4.0 0.0 6.0", "has a box of width 0 and height 6; both must be > 0"),
+                            ("5.0 4.0 6.0 -2.5", "has a box of width 6 and height -2.5; both must be > 0")):
+        (root / "bounding_boxes.txt").write_text("\n".join(lines[:2] + [f"3 {values}"] + lines[3:]) + "\n")
+        with pytest.raises(DatasetError, match=r"bounding_boxes.txt line 3: image 3 \('Laysan_Albatross_0003_3'\) "
+                                               + re.escape(message)):
+            CubDataset(root)
+    (root / "bounding_boxes.txt").write_text("\n".join(lines[:2] + ["3 -2.0 4.0 6.0 6.0"] + lines[3:]) + "\n")
+    with pytest.raises(DatasetError, match=r"bounding_boxes.txt \(image 'Laysan_Albatross_0003_3'\): box "
+                                           r"\(-2, 4, 3, 9\) .* has negative coordinates"):
+        build_manifest(CubDataset(root), "train", require_masks=False, mask_dir=tmp_path / "masks")
+    # boxes.csv: an inverted box, refused by the same check
+    custom = make_voc_layout(tmp_path / "ds", {"a1": "cat"})
+    (custom / "boxes.csv").write_text("image_id,class,x_min,y_min,x_max,y_max\na1,cat,5,0,3,3\n")
+    with pytest.raises(DatasetError, match=r"boxes.csv line 2 \(image 'a1'\): box \(5, 0, 3, 3\) .* has "
+                                           r"x_min 5 > x_max 3"):
+        build_manifest(VocLayoutDataset(custom), "train", require_masks=True)
+
+    # any adapter's boxes: build_manifest checks them (COCO's are not checked by its adapter)
+    class InvertedBoxes(VocLayoutDataset):
+        def boxes(self, image_id: str) -> tuple[Box, ...]:
+            return (Box(0, 2, 9, 4, 3),)
+
+    (custom / "boxes.csv").unlink()
+    with pytest.raises(DatasetError, match=r"image 'a1': box \(2, 9, 4, 3\) .* has y_min 9 > y_max 3"):
+        build_manifest(InvertedBoxes(custom), "train", require_masks=True)
+    # COCO: a box under a pixel wide keeps its one pixel, not an inverted box
+    coco = make_coco(tmp_path / "coco")
+    path = coco / "annotations" / "instances_train2014.json"
+    content = json.loads(path.read_text())
+    content["annotations"][3]["bbox"] = [5.6, 7.0, 0.3, 2.0]
+    path.write_text(json.dumps(content))
+    manifest = build_manifest(CocoDataset(coco), "train2014", require_masks=False, mask_dir=tmp_path / "coco_masks")
+    assert manifest.records[1].boxes == (Box(1, 6, 7, 6, 8),)
+
+
+def test_split_file_line_with_spaces_is_refused(tmp_path: Path) -> None:
+    root = make_voc_layout(tmp_path / "ds", {"a1": "cat", "a2": "dog"})
+    split = root / "ImageSets" / "Segmentation" / "train.txt"
+    split.write_text("a1 1\na2 -1\n")  # VOC's classification lists: "id label"
+    assert VocLayoutDataset(root).split_ids("train") == ["a1", "a2"]
+    split.write_text("a1\n\nmy photo 7\n")
+    with pytest.raises(DatasetError, match=r"train.txt line 3: 'my photo 7' is not 'id' or 'id label' \(label -1, "
+                                           r"0 or 1\): image ids cannot hold spaces"):
+        VocLayoutDataset(root).split_ids("train")
+    split.write_text("my photo\n")
+    with pytest.raises(DatasetError, match=r"train.txt line 1: 'my photo' is not 'id'"):
+        VocLayoutDataset(root).split_ids("train")
+
+
+def test_one_bad_labels_row_is_one_problem(tmp_path: Path) -> None:
+    ids = {f"a{k}": "cat" for k in range(8)}
+    root = make_voc_layout(tmp_path / "ds", ids)
+    (root / "labels.csv").write_text("image_id,labels\n" + "".join(
+        f"{image_id},{'horse' if image_id == 'a2' else 'cat'}\n" for image_id in ids))
+    with pytest.raises(DatasetError) as error:
+        build_manifest(VocLayoutDataset(root), "train", require_masks=True)
+    message = str(error.value)
+    assert "1 problem(s):" in message and message.count("unknown class") == 1
+    assert "line 4: image 'a2' has unknown class name(s) ['horse']" in message
+    assert "(the same for 8 images)" in message
+
+
+def test_boxes_of_no_split_or_of_an_unlabelled_class_are_warned(tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    root = make_voc_layout(tmp_path / "ds", {"a1": "cat", "a2": "dog"})
+    (root / "boxes.csv").write_text("image_id,class,x_min,y_min,x_max,y_max\n"
+                                    "a1,cat,0,0,3,3\na1,dog,0,0,3,3\nzz9,cat,0,0,3,3\na2,dog,1,1,2,2\n")
+    with caplog.at_level("WARNING"):
+        manifest = build_manifest(VocLayoutDataset(root, name="toy"), "train", require_masks=True)
+    assert len(manifest.records[0].boxes) == 2
+    assert "boxes.csv: 1 image id(s) with boxes are in no split file of" in caplog.text
+    assert "(their boxes are not used): zz9" in caplog.text
+    assert "split 'train': 1 box class(es) are not among their image's labels" in caplog.text
+    assert "a1 (dog)" in caplog.text
+
+
+def test_prepare_data_reports_an_unwritable_out_dir_in_one_line(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from wsss_steps.cli import path_error_line
+
+    root = make_voc_layout(tmp_path / "ds", {"a1": "cat"})
+    blocker = tmp_path / "results"
+    blocker.write_text("a file where the results folder should be\n")
+    argv = ["--kind", "custom", "--root", str(root), "--name", "toy", "--split", "train",
+            "--out-dir", str(blocker / "data")]
+    with pytest.raises(NotADirectoryError) as error:
+        prepare_data_main(argv)
+    assert path_error_line(error.value) == (
+        f"{Path(sys.argv[0]).stem}: error: Not a directory: {blocker / 'data'} "
+        "(a part of the path is a file, not a folder)")
+    # run as the workflow runs it: one line, no traceback, exit status 1
+    run = subprocess.run([sys.executable, "-m", "wsss_steps.prepare_data", *argv], capture_output=True, text=True,
+                         check=False)
+    assert run.returncode == 1 and "Traceback" not in run.stderr
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"prepare_data: error: Not a directory: {blocker / 'data'} (a part of the path is a file, not a folder)")
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        argv[-1] = str(locked / "data")
+        with pytest.raises(PermissionError) as denied:
+            prepare_data_main(argv)
+        assert path_error_line(denied.value).endswith(
+            f"Permission denied: {locked / 'data'} (check the folder's permissions, or choose another results folder)")

@@ -145,3 +145,100 @@ def test_a_generated_root_written_by_the_workflow_is_accepted_again(tmp_path: Pa
     assert (tmp_path / "data" / "tiny" / ".snakemake_timestamp").exists()
     dry_run = snakemake(tmp_path, "-n", "--until", "prepare_data")
     assert "generate_dataset" not in dry_run.stdout.split("Job stats")[-1]
+
+
+def test_ground_truth_subset_of_a_generated_dataset_is_checked_before_any_job(tmp_path: Path) -> None:
+    """Issue 29 item 8: its ids follow from the generator settings; no need to wait for the data."""
+    (tmp_path / "gt.txt").write_text("train_000001\ntrain_000024\nval_000000\n")  # num_train 24: 0..23
+    config = tiny_config()
+    config["experiments"].append({"classifier": "cam", "seeds": "cam", "segmentation": {"ground_truth_subset": "gt.txt"}})
+    write_config(tmp_path, config)
+    output = _refused(tmp_path, "-n")
+    assert ("dataset tiny, experiment cam+gt: 2 id(s) of the ground-truth subset gt.txt are not images of split "
+            "'train' (e.g. 'train_000024', 'val_000000')") in output
+    (tmp_path / "gt.txt").write_text("train_000001\ntrain_000023\n")
+    snakemake(tmp_path, "-n")
+
+
+def _cub_wsol_config(root: Path, **wsol: str) -> dict:
+    """WSOL only, on CUB: a softmax classifier's CAMs, calibrated on train, scored on test."""
+    soft = {**tiny_config()["classifiers"]["cam"], "loss": "softmax"}
+    return tiny_config(dataset={"name": "birds", "kind": "cub", "root": str(root), "val_split": "test"},
+                       classifiers={"soft": soft}, seeds={"cam": {"method": "cam", "scales": [1.0]}}, experiments=[],
+                       wsol={"experiments": [{"classifier": "soft", "maps": "cam"}], "evaluation_split": "test", **wsol})
+
+
+def test_wsol_only_on_cub_without_segmentations_is_accepted(tmp_path: Path) -> None:
+    """Issue 29 item 9: the official CUB download has no segmentations/, and WSOL reads no train
+    mask (PxAP is left out where the evaluation images have none)."""
+    from tests.test_datasets import make_cub
+
+    root = make_cub(tmp_path / "CUB_200_2011", segmentations=False)
+    write_config(tmp_path, _cub_wsol_config(root))
+    dry_run = snakemake(tmp_path, "-n", "-p").stdout
+    commands = [line for line in dry_run.splitlines() if "wsss_steps.prepare_data" in line]
+    assert len(commands) == 2 and not any("--require-masks" in line for line in commands), commands
+    # Issue 29 item 10: a WSOL split the dataset lacks is named before the four jobs ahead of it.
+    write_config(tmp_path, _cub_wsol_config(root, calibration_split="val"))
+    output = _refused(tmp_path, "-n")
+    assert "dataset birds: wsol.calibration_split = 'val': dataset 'birds' (CUB): splits are train, test" in output
+
+
+def test_a_replaced_config_yaml_is_not_checked_for_duplicate_keys(tmp_path: Path) -> None:
+    """Issue 29 item 10: `--configfile mine.yaml --replace-workflow-config` does not read config.yaml."""
+    path = write_config(tmp_path, tiny_config())
+    path.write_text(path.read_text().replace("shards: 2\n", "shards: 2\nshards: 3\n"))
+    mine = write_config(tmp_path, tiny_config(), "mine.yaml")
+    snakemake(tmp_path, "-n", "--configfile", str(mine), "--replace-workflow-config")
+    mine.write_text(mine.read_text().replace("shards: 2\n", "shards: 2\nshards: 1\n"))
+    output = _refused(tmp_path, "-n", "--configfile", str(mine), "--replace-workflow-config")
+    assert "mine.yaml: key 'shards'" in output and "config.yaml: key" not in output
+
+
+def test_a_dataset_given_as_a_name_and_a_datasets_from_list_are_named(tmp_path: Path) -> None:
+    """Issue 29 item 10: one line naming the key or the file, no AttributeError."""
+    write_config(tmp_path, tiny_config(dataset="synth"))
+    output = _refused(tmp_path, "-n")
+    assert "config key 'dataset' must be a mapping (indented key: value lines), not the str 'synth'" in output
+    assert "AttributeError" not in output
+    (tmp_path / "other.yaml").write_text("- dataset\n- classifiers\n")
+    write_config(tmp_path, tiny_config(datasets_from=["other.yaml"]))
+    output = _refused(tmp_path, "-n")
+    assert "datasets_from: other.yaml: the file holds a YAML list, not a config" in output
+
+
+def test_wsol_scores_without_masks_leave_pxap_out_and_say_so(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 29 item 9: evaluation images without masks (CUB without segmentations/) give the box
+    scores, no pxap row, and the log says why."""
+    import logging
+
+    import numpy as np
+
+    from tests.test_relation import make_shapes_dataset
+    from wsss_steps import evaluate_wsol, wsol_images
+    from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+    from wsss_steps.data.manifest import read_manifest, write_manifest
+    from wsss_steps.store.maps import MapWriter
+
+    root = tmp_path / "data"
+    make_shapes_dataset(root, 12, size=48, half=8, val_count=4, seed=1)
+    for mask in (root / "SegmentationClass").glob("*.png"):
+        mask.unlink()
+    manifest = write_manifest(build_manifest(VocLayoutDataset(root), "val", require_masks=False), root / "manifest")
+    wsol = tmp_path / "wsol" / "val.csv"
+    wsol_images.main(["--manifest", str(manifest), "--out", str(wsol)])
+    records = read_manifest(wsol).records
+    maps = tmp_path / "maps.h5"
+    with MapWriter(maps, stage="seeds", method="cam", params={}, dataset="shapes") as writer:
+        for record in records:
+            cam = np.zeros((1, 48, 48), np.float32)
+            cam[0, 10:30, 10:30] = 1
+            writer.write(record.image_id, {"cam": cam, "keys": np.array(record.labels[:1])}, {"height": 48, "width": 48})
+        writer.finish([record.image_id for record in records])
+    rows = tmp_path / "rows.csv"
+    with caplog.at_level(logging.INFO, logger="wsss_steps.evaluate_wsol"):
+        assert evaluate_wsol.main(["--maps", str(maps), "--manifest", str(wsol), "--threshold", "0.5",
+                                   "--summary", str(rows), "--method", "cam"]) == 0
+    metrics = [line.split(",")[5] for line in rows.read_text().splitlines()[1:]]
+    assert "gt_known_loc" in metrics and "pxap" not in metrics
+    assert "PxAP not computed: no ground-truth masks among the evaluation images" in caplog.text

@@ -102,3 +102,38 @@ def test_incomplete_file_is_refused(tmp_path: Path) -> None:
         MapReader(path)
     with pytest.raises(MapStoreError, match="not marked complete"):
         merge_shards([path], tmp_path / "m.h5", ["i1"])
+
+
+def test_truncated_shard_is_named_with_what_to_do(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A finished shard cut short (a full disk) exists, so the workflow takes it as done: the merge
+    and every reader name the file and say to delete it; the rerun then recomputes it."""
+    import re
+
+    shards = tmp_path / "results" / "toy" / "seeds" / "cam" / "shards"
+    path, other = shards / "shard-0-of-2.h5", shards / "shard-1-of-2.h5"
+    ids = [f"i{k}" for k in range(1, 9)]
+    write_shard(path, ids[:4])
+    write_shard(other, ids[4:])
+    with path.open("r+b") as handle:
+        handle.truncate(path.stat().st_size // 2)
+    expected = rf"map file {re.escape(str(path))} cannot be opened \(.*\); it is truncated or damaged .*: delete it to recompute it"
+    with pytest.raises(MapStoreError, match=expected):
+        merge_shards([path, other], tmp_path / "maps.h5", ids)
+    with pytest.raises(MapStoreError, match=expected):
+        MapReader(path)
+    path.unlink()  # as the message says; the shard's rerun computes it again
+    write_shard(path, ids[:4])
+    merge_shards([path, other], tmp_path / "maps.h5", ids)
+    with MapReader(tmp_path / "maps.h5") as reader:
+        assert reader.ids == ids
+    # a partial file cut short is not resumed from: the shard starts over, and says why
+    with pytest.raises(KeyboardInterrupt):
+        write_shard(other, ids[4:] + ["i9"], fail_after=1)
+    partial = other.with_name(other.name + ".partial")
+    with partial.open("r+b") as handle:
+        handle.truncate(partial.stat().st_size // 2)
+    with caplog.at_level("WARNING"):
+        write_shard(other, ids[4:] + ["i9"])
+    assert f"{partial} cannot be read" in caplog.text and "starting this shard over" in caplog.text
+    with MapReader(other) as reader:
+        assert reader.ids == ids[4:] + ["i9"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -197,6 +198,7 @@ def test_user_dataset_edits_rerun_prepare_data(tmp_path: Path) -> None:
     assert to_rerun() == 0
     labels = root / "labels.csv"
     labels.write_text(labels.read_text().replace("a1,cat", "a1,dog"))
+    write_label_mask(root / "SegmentationClass" / "a1.png", np.full((20, 24), 2, np.uint8))  # a dog now
     assert to_rerun() == 2  # both splits read labels.csv
     snakemake(tmp_path, "--cores", "1", "--until", "prepare_data")
     write_image(root / "JPEGImages" / "a3.jpg", np.zeros((20, 24, 3), np.uint8))
@@ -204,7 +206,21 @@ def test_user_dataset_edits_rerun_prepare_data(tmp_path: Path) -> None:
     snakemake(tmp_path, "--cores", "1", "--until", "prepare_data")
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a1\n")
     assert to_rerun() == 1
-    assert "dog" in (tmp_path / "results" / "mine" / "data" / "train.csv").read_text().splitlines()[1]
+    snakemake(tmp_path, "--cores", "1", "--until", "prepare_data")
+    assert "|dog|" in (tmp_path / "results" / "mine" / "data" / "train.csv").read_text().splitlines()[1].replace(",", "|")
+    # A replacement that keeps an older modification time (cp -p, rsync -a, tar) reruns by content;
+    # a copy of the same bytes (new inode, new status-change time) reruns nothing.
+    backup = tmp_path / "a3_backup.jpg"
+    write_image(backup, np.full((20, 24, 3), 77, np.uint8))
+    os.utime(backup, (1_000_000_000, 1_000_000_000))  # 2001
+    subprocess.run(["cp", "-p", str(backup), str(root / "JPEGImages" / "a3.jpg")], check=True)
+    assert to_rerun() == 1
+    snakemake(tmp_path, "--cores", "1", "--until", "prepare_data")
+    assert to_rerun() == 0
+    same = tmp_path / "a3_same.jpg"
+    subprocess.run(["cp", "-p", str(root / "JPEGImages" / "a3.jpg"), str(same)], check=True)
+    subprocess.run(["cp", "-p", str(same), str(root / "JPEGImages" / "a3.jpg")], check=True)
+    assert to_rerun() == 0
 
 
 def test_val_split_needs_every_mask_when_segmentation_is_evaluated(tmp_path: Path) -> None:
@@ -225,6 +241,20 @@ def test_val_split_needs_every_mask_when_segmentation_is_evaluated(tmp_path: Pat
     write_config(tmp_path, config)
     snakemake(tmp_path, "--cores", "1", "--until", "prepare_data")
     assert (tmp_path / "results" / "mine" / "data" / "val.csv").is_file()
+
+
+def test_seed_split_needs_every_mask_where_seeds_are_scored(tmp_path: Path) -> None:
+    """A train image without a mask stops a WSSS run before any job (its seeds are scored there)."""
+    root = make_voc_layout(tmp_path / "mine", {"a1": "cat", "a2": "dog cat", "a3": "dog"})
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a1\na2\n")
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("a3\n")
+    (root / "SegmentationClass" / "a2.png").unlink()
+    write_config(tmp_path, tiny_config(dataset={"name": "mine", "kind": "custom", "root": str(root)}))
+    result = subprocess.run([*SNAKEMAKE, "--directory", str(tmp_path), "-n"], capture_output=True, text=True,
+                            timeout=600, env=ENV)
+    assert result.returncode != 0
+    assert "dataset mine: 1 image(s) of split 'train' have no ground-truth mask (e.g. 'a2'); seeds and pseudo " \
+           "masks are scored on that split" in result.stdout + result.stderr
 
 
 def test_damaged_or_oversized_images_and_repeated_label_rows_are_named(tmp_path: Path) -> None:

@@ -192,7 +192,7 @@ def test_a_class_absent_from_val_gets_no_ap_row(manifests: tuple[Path, Path], tm
     that class's AP undefined: its row is left out instead of holding an empty value."""
     train, val = manifests
     lines = val.read_text().splitlines()
-    squares_only = [lines[0]] + [line for line in lines[1:] if line.split(",")[3] == "square"]
+    squares_only = [lines[0]] + [line for line in lines[1:] if line.split(",")[4] == "square"]  # label_names
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
     (tmp_path / "data" / "val.csv").write_text("\n".join(squares_only) + "\n")

@@ -15,9 +15,12 @@ Steps log to stderr; the workflow's rules redirect it into ``logs/`` (there is n
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # torch and the loop load only in the steps that run a network
@@ -27,10 +30,62 @@ if TYPE_CHECKING:  # torch and the loop load only in the steps that run a networ
 
 
 def step_parser(module: str, doc: str | None) -> argparse.ArgumentParser:
-    """The parser of step ``module`` (``__name__`` of the step), described by its docstring."""
+    """The parser of step ``module`` (``__name__`` of the step), described by its docstring.
+
+    A step run as a program (``python -m wsss_steps.<step>``: its ``__name__`` is ``__main__``)
+    also reports a file it may not write as one line (`report_path_errors_in_one_line`)."""
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        module = spec.name if spec is not None else module
+        report_path_errors_in_one_line()
     name = module.removesuffix(".__main__")
     return argparse.ArgumentParser(prog=f"python -m {name}", description=doc,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+# OSErrors about a path that say all there is to say (an unwritable or read-only results folder,
+# a path through a file): one line naming the path, instead of a traceback through the step.
+PATH_ERRORS = {
+    errno.EACCES: "check the folder's permissions, or choose another results folder",
+    errno.EPERM: "check the folder's permissions, or choose another results folder",
+    errno.EROFS: "the filesystem is mounted read-only; choose another results folder",
+    errno.ENOTDIR: "a part of the path is a file, not a folder",
+}
+
+
+def path_error_line(error: BaseException) -> str | None:
+    """The one-line report of an OSError in `PATH_ERRORS` that names its path; else None."""
+    if not isinstance(error, OSError) or error.errno not in PATH_ERRORS or error.filename is None:
+        return None
+    paths = str(error.filename) + (f" -> {error.filename2}" if error.filename2 is not None else "")
+    step = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "wsss_steps"
+    return f"{step}: error: {error.strerror}: {paths} ({PATH_ERRORS[error.errno]})"
+
+
+ExceptHook = Callable[[type[BaseException], BaseException, TracebackType | None], Any]
+
+
+def report_path_errors_in_one_line() -> None:
+    """Makes an uncaught `PATH_ERRORS` OSError print `path_error_line`, and a `DatasetError` its
+    message (exit status 1, as for any uncaught error), instead of a traceback; other errors keep
+    theirs. Installed once."""
+    previous: ExceptHook = sys.excepthook
+    if getattr(previous, "reports_path_errors", False):
+        return
+
+    def hook(kind: type[BaseException], error: BaseException, traceback: TracebackType | None) -> None:
+        from wsss_steps.data.manifest import DatasetError  # noqa: PLC0415 (only when a step fails)
+
+        line = path_error_line(error)
+        if line is None and isinstance(error, DatasetError):  # its message names the file or id
+            line = f"{Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else 'wsss_steps'}: error: {error}"
+        if line is None:
+            previous(kind, error, traceback)
+        else:
+            print(line, file=sys.stderr)
+
+    hook.reports_path_errors = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
 
 
 def add_shard_arguments(parser: argparse.ArgumentParser, out_help: str = "output shard file (.h5)"

@@ -186,6 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
              f", Top-1 Loc {values['top1_loc']:.4f}" if "top1_loc" in values else "", threshold,
              values["maxboxacc"], values["maxboxacc_v2"],
              f"{values['pxap']:.4f}" if math.isfinite(values["pxap"]) else "–", counts.images)
+    if counts.mask_images == 0:
+        log.info("PxAP not computed: no ground-truth masks among the evaluation images (no pxap row)")
     return 0
 
 

@@ -2,10 +2,13 @@
 
 Every image and mask is decoded in full: a missing, damaged or truncated file, an image above
 ``--max-image-pixels``, a mask value outside the classes, an id with path separators, an image
-without a label, a second labels.csv row for an image or an unknown class name stops here, with
+without a label, a second labels.csv row for an image, an unknown class name or labels that
+disagree with the image's mask (``--label-mask-check``) stop here, with
 every problem listed, before any training starts. Each record carries the sha256 of its image and
 mask bytes (the ``digest`` column): models and maps record the split's content, so replacing an
 image's pixels under the same id makes the next run start over instead of resuming.
+``{split}.sources.json`` records each source file's stat and sha256: the workflow reruns this step
+when a file's content changes, whatever its modification time (`wsss_steps.data.sources`).
 
 Example::
 
@@ -21,9 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wsss_steps.cli import setup_logging, step_parser
-from wsss_steps.data.adapters import DATASET_KINDS, build_manifest, open_dataset
+from wsss_steps.data.adapters import DATASET_KINDS, LABEL_MASK_CHECKS, build_manifest, open_dataset
 from wsss_steps.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from wsss_steps.data.manifest import write_manifest
+from wsss_steps.data.sources import record_sources
 
 log = logging.getLogger("wsss_steps.prepare_data")
 
@@ -38,6 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--labels-csv", help="labels CSV (custom datasets; default <root>/labels.csv)")
     parser.add_argument("--label-source", default="masks", choices=["masks", "xml"],
                         help="voc2012: image-level labels from the masks (as IRN) or from Annotations/")
+    parser.add_argument("--label-mask-check", default="strict", choices=LABEL_MASK_CHECKS,
+                        help="labels from labels.csv or VOC's XML against each mask: strict, allow_void_only "
+                             "(a label whose object is void in the mask) or none (default: %(default)s)")
     parser.add_argument("--require-masks", action="store_true",
                         help="every image must have a ground-truth mask (evaluation splits)")
     parser.add_argument("--max-image-pixels", type=int, default=DEFAULT_MAX_IMAGE_PIXELS,
@@ -51,12 +58,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset = open_dataset({"kind": args.kind, "root": args.root, "name": args.name,
                             "labels_csv": args.labels_csv, "label_source": args.label_source})
     manifest = build_manifest(dataset, args.split, require_masks=args.require_masks,
-                              max_image_pixels=args.max_image_pixels, mask_dir=Path(args.out_dir) / "masks")
+                              max_image_pixels=args.max_image_pixels, mask_dir=Path(args.out_dir) / "masks",
+                              label_mask_check=args.label_mask_check)
     left_out = getattr(dataset, "left_out", {}).get(args.split, [])
     if left_out:  # COCO: images without any object have no image-level label
         log.warning("%s: %d image(s) without any annotated object are left out: %s", args.split, len(left_out),
                     " ".join(left_out))
     path = write_manifest(manifest, args.out_dir)
+    record_sources(dataset.source_files(args.split), path)
     log.info("%s: %d images, %d classes → %s", args.split, len(manifest.records), manifest.num_classes, path)
     return 0
 

@@ -7,7 +7,8 @@ Layouts:
 - ``voc_layout`` (the generated dataset and a user's own): ``JPEGImages/{id}.jpg``,
   ``SegmentationClass/{id}.png`` (optional per image), ``ImageSets/Segmentation/{split}.txt``,
   ``classes.txt`` (foreground class names, one a line, mask value = line number) and
-  ``labels.csv`` (columns ``image_id,labels``; labels are class names separated by spaces).
+  ``labels.csv`` (columns ``image_id,labels``; labels are class names separated by spaces, or by
+  ';' where a class name holds a space).
 - ``voc2012``: a ``VOCdevkit/VOC2012`` folder; masks from ``SegmentationClassAug/`` (SBD converted,
   as IRN and AdvCAM use) or ``SegmentationClass/``; image-level labels from the masks (as IRN's
   ``make_cls_labels``) or from ``Annotations/*.xml``.
@@ -27,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -40,6 +42,7 @@ from wsss_steps.data.images import (
     check_image_bytes,
     content_digest,
     read_label_mask,
+    stored_orientation,
     write_label_mask,
 )
 from wsss_steps.data.manifest import (
@@ -48,10 +51,14 @@ from wsss_steps.data.manifest import (
     DatasetError,
     ImageRecord,
     Manifest,
+    check_box,
+    check_class_names,
     read_id_list,
     read_lines,
     validate_image_id,
 )
+
+log = logging.getLogger(__name__)
 
 VOC_CLASSES: tuple[str, ...] = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -79,9 +86,8 @@ def _read_boxes(path: Path, class_names: Sequence[str]) -> dict[str, tuple[Box, 
                 x_min, y_min, x_max, y_max = (int(row[k]) for k in ("x_min", "y_min", "x_max", "y_max"))
             except ValueError as error:
                 raise DatasetError(f"{where}: box coordinates must be integers ({error})") from error
-            if not (0 <= x_min <= x_max and 0 <= y_min <= y_max):
-                raise DatasetError(f"{where}: need 0 <= x_min <= x_max and 0 <= y_min <= y_max")
-            boxes.setdefault(image_id, []).append(Box(index[row["class"]], x_min, y_min, x_max, y_max))
+            box = check_box(Box(index[row["class"]], x_min, y_min, x_max, y_max), f"{where} (image {image_id!r})")
+            boxes.setdefault(image_id, []).append(box)
     return {image_id: tuple(items) for image_id, items in boxes.items()}
 
 
@@ -109,8 +115,18 @@ def _image_and_mask_files(dataset: DatasetAdapter, split: str) -> list[Path]:
     return files
 
 
+def split_label_names(text: str) -> list[str]:
+    """The class names of a labels.csv cell: separated by ';' where the cell has one (names with
+    spaces, as COCO's "traffic light"), else by whitespace."""
+    if ";" in text:
+        return [name.strip() for name in text.split(";") if name.strip()]
+    return text.split()
+
+
 class VocLayoutDataset:
     """The generated dataset and users' own datasets: VOC folders plus classes.txt and labels.csv."""
+
+    labels_independent_of_masks = True  # labels.csv: checked against the masks by build_manifest
 
     def __init__(self, root: str | Path, name: str = "custom", labels_csv: str | Path | None = None,
                  class_names: Sequence[str] | None = None):
@@ -118,13 +134,17 @@ class VocLayoutDataset:
         self.name = name
         if not self.root.is_dir():
             raise DatasetError(f"dataset {name!r}: root folder not found: {self.root}")
+        voc_folders = [f"{folder}/" for folder in ("Annotations", "SegmentationClassAug")
+                       if (self.root / folder).is_dir()]
+        if class_names is None and not (self.root / "classes.txt").is_file() and voc_folders:
+            raise DatasetError(f"dataset {name!r}: {self.root} has no classes.txt and looks like a VOC2012 folder "
+                               f"({', '.join(voc_folders)}): use dataset.kind: voc2012")
         if class_names is None:
             class_names = read_lines(self.root / "classes.txt")
-        self.class_names = tuple(class_names)
-        if len(set(self.class_names)) != len(self.class_names):
-            raise DatasetError(f"dataset {name!r}: class names repeat: {self.class_names}")
+        self.class_names = check_class_names(class_names, str(self.root / "classes.txt"))
         self.labels_csv = Path(labels_csv) if labels_csv else self.root / "labels.csv"
         self._labels: dict[str, tuple[int, ...]] | None = None
+        self._labels_error: DatasetError | None = None
         self._boxes: dict[str, tuple[Box, ...]] | None = None
 
     def split_ids(self, split: str) -> list[str]:
@@ -141,6 +161,15 @@ class VocLayoutDataset:
         return path if path.is_file() else None
 
     def _load_labels(self) -> dict[str, tuple[int, ...]]:
+        if self._labels_error is not None:  # a bad file is read once, not again for every image
+            raise self._labels_error
+        try:
+            return self._read_labels()
+        except DatasetError as error:
+            self._labels_error = error
+            raise
+
+    def _read_labels(self) -> dict[str, tuple[int, ...]]:
         if self._labels is None:
             if not self.labels_csv.is_file():
                 raise DatasetError(f"dataset {self.name!r}: labels file not found: {self.labels_csv}")
@@ -153,12 +182,14 @@ class VocLayoutDataset:
                     raise DatasetError(f"{self.labels_csv}: needs the columns image_id,labels; found {reader.fieldnames}")
                 for line_number, row in enumerate(reader, start=2):
                     image_id = validate_image_id(row["image_id"].strip(), f"{self.labels_csv} line {line_number}")
-                    names = (row["labels"] or "").split()
+                    names = split_label_names(row["labels"] or "")
                     unknown = [n for n in names if n not in index]
                     if unknown:
+                        spaced = " (separate names with ';' where a class name holds a space)" if any(
+                            " " in name for name in self.class_names) else ""
                         raise DatasetError(
                             f"{self.labels_csv} line {line_number}: image {image_id!r} has unknown class "
-                            f"name(s) {unknown}; known classes: {list(self.class_names)}"
+                            f"name(s) {unknown}; known classes: {list(self.class_names)}{spaced}"
                         )
                     if image_id in labels:
                         raise DatasetError(f"{self.labels_csv} line {line_number}: image {image_id!r} has a "
@@ -183,9 +214,17 @@ class VocLayoutDataset:
 
     def boxes(self, image_id: str) -> tuple[Box, ...]:
         """The image's rows of ``boxes.csv`` (``image_id,class,x_min,y_min,x_max,y_max``, inclusive
-        pixel coordinates) where the dataset has that file; else none."""
+        pixel coordinates) where the dataset has that file; else none. Rows of ids that no split
+        file lists are said once (a typo in an id would otherwise lose its boxes silently)."""
         if self._boxes is None:
             self._boxes = _read_boxes(self.root / "boxes.csv", self.class_names)
+            split_files = sorted((self.root / "ImageSets" / "Segmentation").glob("*.txt"))
+            listed = {line.split()[0] for path in split_files for line in read_lines(path)}
+            orphans = sorted(set(self._boxes) - listed)
+            if orphans and split_files:
+                log.warning("%s: %d image id(s) with boxes are in no split file of %s (their boxes are not "
+                            "used): %s%s", self.root / "boxes.csv", len(orphans), split_files[0].parent,
+                            " ".join(orphans[:10]), " ..." if len(orphans) > 10 else "")
         return self._boxes.get(image_id, ())
 
 
@@ -197,9 +236,14 @@ class Voc2012Dataset:
         self.name = name
         if not self.root.is_dir():
             raise DatasetError(f"dataset {name!r}: VOC2012 folder not found: {self.root}")
+        custom_files = [file for file in ("classes.txt", "labels.csv") if (self.root / file).is_file()]
+        if custom_files:  # a VOC2012 folder has neither; kind voc2012 would label it with VOC's 20 classes
+            raise DatasetError(f"dataset {name!r}: {self.root} looks like a custom layout ({', '.join(custom_files)}), "
+                               "not a VOC2012 folder: use dataset.kind: custom")
         if label_source not in ("masks", "xml"):
             raise DatasetError(f"dataset.label_source must be 'masks' or 'xml', not {label_source!r}")
         self.label_source = label_source
+        self.labels_independent_of_masks = label_source == "xml"
         self.class_names = VOC_CLASSES
 
     def boxes(self, image_id: str) -> tuple[Box, ...]:
@@ -270,48 +314,84 @@ class CubDataset:
 
     converts_masks = True
     SPLITS = {"train": "1", "test": "0"}
+    # The files of the official layout, and the fields of their lines.
+    FILES = {"classes.txt": "class_id class_name", "images.txt": "image_id path",
+             "image_class_labels.txt": "image_id class_id", "train_test_split.txt": "image_id is_training",
+             "bounding_boxes.txt": "image_id x y width height"}
 
     def __init__(self, root: str | Path, name: str = "cub"):
         self.root = Path(root)
         self.name = name
         if not self.root.is_dir():
             raise DatasetError(f"dataset {name!r}: CUB-200-2011 folder not found: {self.root}")
-        self.class_names = tuple(line.split(maxsplit=1)[1].split(".", 1)[-1] for line in self._lines("classes.txt"))
-        paths = dict(self._pairs("images.txt"))
+        missing = [f for f in self.FILES if not (self.root / f).is_file()]
+        missing += [] if (self.root / "images").is_dir() else ["images/"]
+        if missing:
+            raise DatasetError(f"dataset {name!r}: {self.root} is not a CUB-200-2011 folder: it lacks "
+                               f"{', '.join(missing)} (CUB-200-2011 has {', '.join(self.FILES)} and images/)")
+        self.class_names = tuple(fields[1].split(".", 1)[-1] for _, fields in self._rows("classes.txt", maxsplit=1))
         self._ids: dict[str, str] = {}  # CUB's numeric id → our id (the file stem)
         self._paths: dict[str, str] = {}
-        for number, relative in paths.items():
-            image_id = validate_image_id(Path(relative).stem, str(self.root / "images.txt"))
+        for line_number, (number, relative) in self._rows("images.txt"):
+            image_id = validate_image_id(Path(relative).stem, f"{self.root / 'images.txt'} line {line_number}")
             if image_id in self._paths:
-                raise DatasetError(f"{self.root / 'images.txt'}: two images named {image_id!r}")
+                raise DatasetError(f"{self.root / 'images.txt'} line {line_number}: two images named {image_id!r}")
             self._ids[number], self._paths[image_id] = image_id, relative
-        self._labels = {self._ids[n]: int(c) - 1 for n, c in self._pairs("image_class_labels.txt")}
-        self._split = {self._ids[n]: flag for n, flag in self._pairs("train_test_split.txt")}
+        self._labels: dict[str, int] = {}
+        for line_number, (number, class_id) in self._image_rows("image_class_labels.txt"):
+            if not class_id.isdigit():
+                raise DatasetError(f"{self.root / 'image_class_labels.txt'} line {line_number}: image {number}: "
+                                   f"class id {class_id!r} is not a whole number")
+            self._labels[self._ids[number]] = int(class_id) - 1
+        self._split = {self._ids[n]: flag for _, (n, flag) in self._image_rows("train_test_split.txt")}
         self._boxes: dict[str, tuple[float, ...]] = {}
-        for line in self._lines("bounding_boxes.txt"):
-            number, *values = line.split()
-            if len(values) != 4:
-                raise DatasetError(f"{self.root / 'bounding_boxes.txt'}: bad line {line!r} (need id x y width height)")
-            self._boxes[self._ids[number]] = tuple(float(v) for v in values)
+        where = self.root / "bounding_boxes.txt"
+        for line_number, (number, *values) in self._image_rows("bounding_boxes.txt"):
+            image_id = self._ids[number]
+            try:
+                x, y, width, height = (float(v) for v in values)
+            except ValueError as error:
+                raise DatasetError(f"{where} line {line_number}: image {number} ({image_id!r}): box values must be "
+                                   f"numbers ({error})") from error
+            if width <= 0 or height <= 0:
+                raise DatasetError(f"{where} line {line_number}: image {number} ({image_id!r}) has a box of width "
+                                   f"{width:g} and height {height:g}; both must be > 0")
+            self._boxes[image_id] = (x, y, width, height)
         bad = [i for i, c in self._labels.items() if not 0 <= c < len(self.class_names)]
         if bad:
             raise DatasetError(f"{self.root / 'image_class_labels.txt'}: class ids outside 1..{len(self.class_names)} "
                                f"for {bad[:5]}")
 
-    def _lines(self, name: str) -> list[str]:
-        return read_lines(self.root / name)
+    def _rows(self, name: str, maxsplit: int = -1) -> list[tuple[int, list[str]]]:
+        """(line number, fields) of each line of one of the layout's files, checked for its field
+        count and for ids given twice: another layout's file of that name is named as such."""
+        path, form = self.root / name, self.FILES[name]
+        rows: list[tuple[int, list[str]]] = []
+        first_line: dict[str, int] = {}
+        for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            fields = line.split(maxsplit=maxsplit)
+            if len(fields) != len(form.split()):
+                raise DatasetError(f"{path} line {line_number}: {line.strip()!r} is not '{form}': "
+                                   f"{self.root} is not a CUB-200-2011 folder (or its {name} is damaged)")
+            if fields[0] in first_line:
+                raise DatasetError(f"{path} line {line_number}: id {fields[0]!r} again (first on line "
+                                   f"{first_line[fields[0]]})")
+            first_line[fields[0]] = line_number
+            rows.append((line_number, fields))
+        if not rows:
+            raise DatasetError(f"{path} is empty: {self.root} is not a CUB-200-2011 folder")
+        return rows
 
-    def _pairs(self, name: str) -> list[tuple[str, str]]:
-        pairs = []
-        for line in self._lines(name):
-            parts = line.split()
-            if len(parts) != 2:
-                raise DatasetError(f"{self.root / name}: bad line {line!r} (need two fields)")
-            pairs.append((parts[0], parts[1]))
-        unknown = [n for n, _ in pairs if name != "images.txt" and n not in self._ids]
+    def _image_rows(self, name: str) -> list[tuple[int, list[str]]]:
+        """`_rows` of a file keyed by the image ids of images.txt: an id it lacks is named, with its line."""
+        rows = self._rows(name)
+        unknown = [(line_number, fields[0]) for line_number, fields in rows if fields[0] not in self._ids]
         if unknown:
-            raise DatasetError(f"{self.root / name}: image ids {unknown[:5]} are not in images.txt")
-        return pairs
+            raise DatasetError(f"{self.root / name}: image ids {[n for _, n in unknown[:5]]} are not in images.txt "
+                               f"(the first on line {unknown[0][0]})")
+        return rows
 
     def split_ids(self, split: str) -> list[str]:
         if split not in self.SPLITS:
@@ -344,7 +424,10 @@ class CubDataset:
         if image_id not in self._boxes:
             return ()
         x, y, width, height = self._boxes[image_id]
-        return (Box(self._labels[image_id], round(x), round(y), round(x + width) - 1, round(y + height) - 1),)
+        x_min, y_min = round(x), round(y)  # a box under a pixel wide or high keeps one pixel
+        box = Box(self._labels[image_id], x_min, y_min, max(x_min, round(x + width) - 1),
+                  max(y_min, round(y + height) - 1))
+        return (check_box(box, f"{self.root / 'bounding_boxes.txt'} (image {image_id!r})"),)
 
     def source_files(self, split: str) -> list[Path]:
         files = [self.root / name for name in ("classes.txt", "images.txt", "image_class_labels.txt",
@@ -399,10 +482,14 @@ class CocoDataset:
             if missing:
                 raise DatasetError(f"{path}: not a COCO instances file (no {', '.join(missing)})")
             categories = sorted(coco.loadCats(coco.getCatIds()), key=lambda c: c["id"])
+            orphans = sorted(a["id"] for a in coco.anns.values() if a.get("image_id") not in coco.imgs)
+            if orphans:
+                raise DatasetError(f"{path}: {len(orphans)} annotation(s) name an image_id that 'images' lacks "
+                                   f"(annotation ids {orphans[:10]}); their objects would be lost silently")
             unknown = sorted({a["category_id"] for a in coco.anns.values()} - {c["id"] for c in categories})
             if unknown:
                 raise DatasetError(f"{path}: annotations name category ids {unknown[:10]} that 'categories' lacks")
-            names = tuple(c["name"] for c in categories)
+            names = check_class_names([c["name"] for c in categories], f"{path} (categories)")
             if self._class_names is None:
                 self._class_names = names
                 self._category_index = {c["id"]: i for i, c in enumerate(categories)}
@@ -553,9 +640,48 @@ def _write_converted_mask(dataset: Any, image_id: str, mask_dir: Path) -> Path:
     return path
 
 
+LABEL_MASK_CHECKS = ("strict", "allow_void_only", "none")
+
+
+def label_mask_disagreement(labels: Sequence[int], mask: np.ndarray, check: str) -> str:
+    """Where image-level labels and a mask disagree: '' when they agree under ``check``.
+
+    ``strict``: the labels are exactly the classes with pixels in the mask. ``allow_void_only``: a
+    label may also have no pixel where the mask has void (255) pixels (an object annotated as void
+    or crowd). A class with pixels but no label is refused under both; ``none`` checks nothing."""
+    if check == "none":
+        return ""
+    values = np.unique(mask)
+    present = {int(v) - 1 for v in values if v not in (0, IGNORE_LABEL)}
+    missing_labels = sorted(present - set(labels))
+    without_pixels = sorted(set(labels) - present)
+    if check == "allow_void_only" and IGNORE_LABEL in values:
+        without_pixels = []
+    parts = []
+    if missing_labels:
+        parts.append(f"classes {missing_labels} have pixels in the mask but no label")
+    if without_pixels:
+        parts.append(f"labels {without_pixels} have no pixel in the mask")
+    return "; ".join(parts)
+
+
+def _fit_rounded_box(box: Box, height: int, width: int) -> Box:
+    """A box of float coordinates rounded to pixels may pass the image's border by a pixel, and one
+    under a pixel wide or high may round to nothing (max = min − 1): both keep their pixel, inside
+    the image. Boxes further out or inverted by more stay so, for `build_manifest` to refuse."""
+
+    def fit(low: int, high: int, size: int) -> tuple[int, int]:
+        if high == low - 1:
+            high = low
+        return (size - 1 if low == size else low), min(high, size - 1)
+
+    (x_min, x_max), (y_min, y_max) = fit(box.x_min, box.x_max, width), fit(box.y_min, box.y_max, height)
+    return box._replace(x_min=x_min, y_min=y_min, x_max=x_max, y_max=y_max)
+
+
 def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
                    decode: bool = True, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-                   mask_dir: Path | None = None) -> Manifest:
+                   mask_dir: Path | None = None, label_mask_check: str = "strict") -> Manifest:
     """Checks every image of a split and returns its manifest.
 
     All problems are collected and raised together (up to a limit), each naming its file or id, so
@@ -563,11 +689,22 @@ def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
     images above ``max_image_pixels``) and mask (sizes, values), and records the digest of their
     bytes (the manifest's content identity). An adapter that ``converts_masks`` has its masks
     written as label PNGs into ``mask_dir`` (required then), and those are the records' masks.
+    Where labels come from another file than the masks (``labels.csv``, VOC's XML annotations:
+    the adapter's ``labels_independent_of_masks``), each image's labels are checked against its
+    mask (`label_mask_disagreement` under ``label_mask_check``).
     """
+    if label_mask_check not in LABEL_MASK_CHECKS:
+        raise ValueError(f"label_mask_check must be one of {LABEL_MASK_CHECKS}, not {label_mask_check!r}")
+    check_labels = bool(getattr(dataset, "labels_independent_of_masks", False)) and label_mask_check != "none"
+    rotated: list[str] = []
     converts = bool(getattr(dataset, "converts_masks", False))
     if converts and decode and mask_dir is None:
         raise ValueError(f"dataset {dataset.name!r}: its masks are converted; build_manifest needs a mask_dir")
-    problems: list[str] = []
+    # message → images it concerns: a problem of a shared file (a bad labels.csv row) fails every
+    # image alike and is listed once, with its count of images
+    problems: dict[str, int] = {}
+    stopped = False
+    unlabelled_boxes: list[str] = []  # "id (class)" of boxes of a class the image's labels lack
     manifest = Manifest(dataset.name, split, dataset.class_names)
     num_classes = len(dataset.class_names)
     for image_id in dataset.split_ids(split):
@@ -598,25 +735,51 @@ def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
                         raise DatasetError(
                             f"mask {mask_path} has values {bad} outside 0..{num_classes} and {IGNORE_LABEL}"
                         )
+                    disagreement = label_mask_disagreement(labels, mask, label_mask_check) if check_labels else ""
+                    if disagreement:
+                        names = dataset.class_names
+                        raise DatasetError(
+                            f"image {image_id!r}: its labels {[names[i] for i in labels]} disagree with its mask "
+                            f"{mask_path} ({disagreement}; classes by 0-based index of classes.txt). Fix the "
+                            "labels or the mask; dataset.label_mask_check: allow_void_only accepts labels "
+                            "whose object is void in the mask, none checks nothing")
+                if stored_orientation(image_bytes) not in (None, 1):
+                    rotated.append(image_id)
                 digest = content_digest(image_bytes, mask_path.read_bytes() if mask_path else None)
             boxes = dataset.boxes(image_id)
-            if converts and decode:  # rounded float boxes may pass the border by a pixel
-                boxes = tuple(b._replace(x_max=min(b.x_max, width - 1), y_max=min(b.y_max, height - 1))
-                              for b in boxes)
-            outside = [b for b in boxes if decode and (b.x_max >= width or b.y_max >= height)]
+            if converts and decode:  # boxes of float coordinates (CUB, COCO) rounded to pixels
+                boxes = tuple(_fit_rounded_box(b, height, width) for b in boxes)
+            outside = [b for b in boxes
+                       if decode and (max(b.x_min, b.x_max) >= width or max(b.y_min, b.y_max) >= height)]
             if outside:
                 raise DatasetError(f"image {image_id!r}: box {tuple(outside[0])[1:]} lies outside the "
                                    f"{width}×{height} image")
+            boxes = tuple(check_box(b, f"image {image_id!r}") for b in boxes)
+            unlabelled_boxes += [f"{image_id} ({dataset.class_names[c]})" for c in sorted({b.label for b in boxes})
+                                 if c not in labels]
             manifest.records.append(ImageRecord(image_id, image_path, mask_path, labels, height, width, boxes,
                                                 digest))
         except (DatasetError, ValueError, FileNotFoundError) as error:
-            problems.append(str(error))
-            if len(problems) >= MAX_LISTED_PROBLEMS:
-                problems.append("... (stopped listing)")
+            problems[str(error)] = problems.get(str(error), 0) + 1
+            # also bounded in images: each image re-reads a shared file that fails
+            if len(problems) >= MAX_LISTED_PROBLEMS or sum(problems.values()) >= 10 * MAX_LISTED_PROBLEMS:
+                stopped = True
                 break
+    if unlabelled_boxes:
+        log.warning("dataset %r, split %r: %d box class(es) are not among their image's labels (the boxes are kept; "
+                    "check the labels and the boxes): %s", dataset.name, split, len(unlabelled_boxes),
+                    ", ".join(unlabelled_boxes[:10]))
+    if rotated:
+        log.warning("dataset %r, split %r: %d image(s) carry an EXIF orientation flag; every step reads their "
+                    "pixels as stored, as their masks are (the flag is not applied): %s", dataset.name, split,
+                    len(rotated), " ".join(rotated[:MAX_LISTED_PROBLEMS]))
     if problems:
+        listed = [message if count == 1 else f"{message} (the same for {count} images)"
+                  for message, count in problems.items()]
+        if stopped:
+            listed.append(f"... (stopped listing after {sum(problems.values())} image(s) with problems)")
         raise DatasetError(f"dataset {dataset.name!r}, split {split!r}: {len(problems)} problem(s):\n  "
-                           + "\n  ".join(problems))
+                           + "\n  ".join(listed))
     return manifest
 
 

@@ -210,6 +210,16 @@ def image_id(split: str, index: int) -> str:
     return validate_image_id(f"{split}_{index:06d}")
 
 
+def split_ids(settings: GeneratorSettings, split: str) -> list[str]:
+    """The ids of a split's images in order, as the generator names them and lists them in
+    ``ImageSets/Segmentation/<split>.txt`` (every one has its mask): known from the settings alone,
+    so the workflow checks ids against them before the dataset is generated."""
+    if split not in SPLITS:
+        raise GeneratorError(f"the generated dataset's splits are {', '.join(SPLITS)}, not {split!r}")
+    count = settings.num_train if split == "train" else settings.num_val
+    return [image_id(split, index) for index in range(count)]
+
+
 # ----------------------------------------------------------------------------------------------
 # Geometry
 
@@ -710,9 +720,9 @@ def _write_dataset(root: Path, settings: GeneratorSettings) -> dict[str, Any]:
     box_rows: list[list[str | int]] = []
     summaries = {}
     for split in SPLITS:
-        count = settings.num_train if split == "train" else settings.num_val
+        ids = split_ids(settings, split)
         rendered = []
-        for index in range(count):
+        for index in range(len(ids)):
             r = render_image(settings, split, index)
             write_image(root / "JPEGImages" / f"{r.image_id}.jpg", r.image, settings.jpeg_quality)
             write_label_mask(root / "SegmentationClass" / f"{r.image_id}.png", r.mask)
@@ -720,8 +730,7 @@ def _write_dataset(root: Path, settings: GeneratorSettings) -> dict[str, Any]:
             box_rows.extend([r.image_id, names[o.class_index], *o.box] for o in r.objects)
             # Only the statistics are kept, not the pixels.
             rendered.append(dataclasses.replace(r, image=np.empty(0, np.uint8)))
-        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text(
-            "".join(f"{r.image_id}\n" for r in rendered))
+        (root / "ImageSets" / "Segmentation" / f"{split}.txt").write_text("".join(f"{i}\n" for i in ids))
         summaries[split] = _summary(settings, rendered)
     (root / "classes.txt").write_text("".join(f"{name}\n" for name in names))
     with (root / "labels.csv").open("w", newline="") as handle:

@@ -38,7 +38,9 @@ def read_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image file not found: {path}")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    # Pixels as stored, whatever an EXIF orientation flag says: masks (VOC, COCO, CUB) are drawn
+    # on the stored pixels, and `check_image_bytes` (PIL) reads sizes the same way.
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
     if image is None:
         raise ValueError(f"image file could not be decoded: {path}")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
@@ -62,6 +64,16 @@ def check_image_bytes(data: bytes, path: str | Path, max_pixels: int = DEFAULT_M
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"image file could not be decoded (damaged or truncated): {path} ({error})") from error
     return height, width
+
+
+def stored_orientation(data: bytes) -> int | None:
+    """An image file's EXIF orientation flag (1 = as stored; 2–8 mirrored/rotated), None without one."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            value = img.getexif().get(0x0112)  # Orientation
+    except (OSError, SyntaxError, UnidentifiedImageError):
+        return None
+    return int(value) if value is not None else None
 
 
 def content_digest(*contents: bytes | None) -> str:

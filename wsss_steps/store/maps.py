@@ -88,7 +88,8 @@ def _salvage_partial(path: Path, attrs: Mapping[str, str]) -> bool:
                     except (KeyError, OSError, RuntimeError, ValueError):
                         continue
                     old.copy(group, new, name=image_id)
-    except OSError:
+    except OSError as error:
+        log.warning("%s cannot be read (%s): starting this shard over", path, error)
         fresh.unlink(missing_ok=True)
         return False
     os.replace(fresh, path)
@@ -157,14 +158,24 @@ class MapWriter:
             self._file = None
 
 
+def _damaged(path: Path, what: str, error: BaseException) -> MapStoreError:
+    """The error for a map file that is there but does not read back: the workflow takes an existing
+    file as done, so rerunning repeats the error until the file is deleted."""
+    return MapStoreError(f"map file {path} {what} ({type(error).__name__}: {error}); it is truncated or "
+                         f"damaged (a full disk, a copy cut short?): delete it to recompute it")
+
+
 def _open_complete(path: Path) -> h5py.File:
+    if not path.is_file():
+        raise MapStoreError(f"map file {path} not found")
     try:
         handle = h5py.File(path, "r")
     except OSError as error:
-        raise MapStoreError(f"map file {path} cannot be opened: {error}") from error
+        raise _damaged(path, "cannot be opened", error) from error
     if not handle.attrs.get("complete", False):
         handle.close()
-        raise MapStoreError(f"map file {path} is not marked complete (killed while writing?)")
+        raise MapStoreError(f"map file {path} is not marked complete (killed while writing?): "
+                            "delete it to recompute it")
     return handle
 
 
@@ -194,7 +205,10 @@ def merge_shards(shard_paths: Sequence[str | Path], out_path: str | Path,
                     if link:
                         out[image_id] = h5py.ExternalLink(os.path.relpath(shard, out_path.parent), image_id)
                     else:
-                        source.copy(source[image_id], out, name=image_id)
+                        try:
+                            source.copy(source[image_id], out, name=image_id)
+                        except (OSError, RuntimeError, KeyError) as error:
+                            raise _damaged(shard, f"cannot be read at image {image_id!r}", error) from error
         missing = [i for i in expected_ids if i not in seen]
         extra = sorted(set(seen) - set(expected_ids))
         if missing or extra:

@@ -7,20 +7,31 @@ classifiers and seeds, once each; `check_sweeps` that every threshold sweep runs
 `duplicate_keys` reads a YAML config file and names every key given twice (YAML keeps the last);
 `check_dataset_roots` refuses a generated dataset's root that holds someone else's files (Snakemake
 would delete it before the generator runs); `missing_weight_files` (on the validated config,
-defaults filled in) names every configured ImageNet weights file that does not exist. All of them
-run before a job starts rather than when its rule runs.
+defaults filled in) names every configured ImageNet weights file that does not exist;
+`misshapen_keys` names a value given where a section belongs (`dataset: synth`); `check_dataset`
+refuses generator settings on another kind and splits a generated dataset lacks; `missing_splits`
+and `ground_truth_subset_problems` check splits and semi-supervised subsets against the dataset
+(a generated one's ids come from its generator settings). All of them run before a job starts
+rather than when its rule runs.
 """
 
 from __future__ import annotations
 
 import difflib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import yaml
 
-from wsss_steps.data.generated import GeneratorError, check_output_folder
+from wsss_steps.data.generated import SPLITS as GENERATED_SPLITS
+from wsss_steps.data.generated import (
+    GeneratorError,
+    GeneratorSettings,
+    check_output_folder,
+    split_ids,
+)
 from wsss_steps.data.manifest import DatasetError, read_id_list
 
 
@@ -68,6 +79,93 @@ def unknown_keys(config: Any, schema: Mapping[str, Any], root: Mapping[str, Any]
         for index, item in enumerate(config):
             problems += unknown_keys(item, schema["items"], root, f"{path}[{index}]")
     return problems
+
+
+_SHAPES = {"object": (Mapping, "a mapping (indented key: value lines)"), "array": (list, "a list (- item lines)")}
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def misshapen_keys(config: Any, schema: Mapping[str, Any], root: Mapping[str, Any] | None = None,
+                   path: str = "") -> list[str]:
+    """Messages for each key whose value is not the mapping or list the schema wants there (e.g.
+    `dataset: synth`), one line each; the other checks read such sections as what they should be."""
+    root = root if root is not None else schema
+    schema = _resolve(schema, root)
+    kind = schema.get("type")
+    shape = _SHAPES.get(kind) if isinstance(kind, str) else None
+    if shape is not None and not isinstance(config, shape[0]):
+        given = "nothing" if config is None else f"the {type(config).__name__} {_short(config)}"
+        return [f"config key {path!r} must be {shape[1]}, not {given}"]
+    problems: list[str] = []
+    if isinstance(config, Mapping):
+        properties, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        for key, value in config.items():
+            inner = properties.get(key, extra if isinstance(extra, Mapping) else None)
+            if inner is not None:
+                problems += misshapen_keys(value, inner, root, f"{path}.{key}" if path else str(key))
+    elif isinstance(config, list) and isinstance(schema.get("items"), Mapping):
+        for index, item in enumerate(config):
+            problems += misshapen_keys(item, schema["items"], root, f"{path}[{index}]")
+    return problems
+
+
+def schema_problems(config: Any, schema: Mapping[str, Any]) -> list[str]:
+    """The JSON-schema errors (a required key missing, a value out of range), one line each naming
+    the key, instead of Snakemake's message that prints the schema."""
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    problems = []
+    for error in sorted(validator.iter_errors(config), key=lambda e: list(map(str, e.absolute_path))):
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error.absolute_path)
+        problems.append(f"config key {where.lstrip('.')!r}: {error.message}" if where else error.message)
+    return problems
+
+
+def invalid(problems: Sequence[str], config_files: Sequence[str | Path] = ()) -> ConfigError:
+    """The error listing ``problems``, naming the config files they were read from."""
+    where = f" ({', '.join(map(str, config_files))})" if config_files else ""
+    return ConfigError(f"invalid configuration{where}:\n  " + "\n  ".join(problems))
+
+
+def read_config_file(path: str | Path, key: str = "datasets_from") -> dict[str, Any]:
+    """A whole config read from ``path`` (a ``datasets_from`` file): a YAML mapping, or a one-line
+    ConfigError naming the file (missing, not YAML, empty, a list)."""
+    where = f"{key}: {path}"
+    if not Path(path).is_file():
+        raise ConfigError(f"{key}: config file not found: {path}")
+    try:
+        settings = yaml.safe_load(Path(path).read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{where}: not valid YAML ({' '.join(str(error).split())})") from error
+    if settings is None:
+        raise ConfigError(f"{where}: the file is empty; it needs a whole config (dataset, classifiers, seeds, "
+                          "experiments, evaluation)")
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{where}: the file holds a YAML {type(settings).__name__}, not a config (a mapping of "
+                          "keys: dataset:, classifiers:, seeds:, experiments:, evaluation:)")
+    return settings
+
+
+def config_files_in_use(config_files: Sequence[str | Path], command_line_files: Sequence[str | Path],
+                        replaced: bool) -> tuple[str | Path, ...]:
+    """The config files a run reads: Snakemake lists the Snakefile's `configfile:` (config.yaml)
+    among them even under --replace-workflow-config, where only the --configfile files count."""
+    if not replaced:
+        return tuple(config_files)
+    given = {Path(f).absolute() for f in command_line_files}
+    return tuple(f for f in config_files if Path(f).absolute() in given)
+
+
+def inherited_generator(config: Mapping[str, Any], overrides: Mapping[str, Any]) -> bool:
+    """Whether ``dataset.generator`` came from config.yaml's generated dataset into a dataset of
+    another kind given by --configfile or --config (merged key by key into config.yaml without
+    --replace-workflow-config): settings nobody wrote for that dataset, to leave out, not refuse."""
+    dataset, given = config.get("dataset"), overrides.get("dataset")
+    return (isinstance(dataset, Mapping) and isinstance(given, Mapping) and "generator" in dataset
+            and "generator" not in given and given.get("kind", "generated") != "generated")
 
 
 FULL_SUPERVISION = "full"  # experiments' reserved seeds name: the segmentation network on ground truth
@@ -160,6 +258,17 @@ _KEY_MEANING = {"saliency": "saliency entry", "seeds": "seeds entry", "classifie
                 "source": "saliency entry"}
 
 
+def _chained_background(name: str, inner: str, seeds: Mapping[str, Any]) -> list[str]:
+    """A saliency_background entry takes the maps of seeds computed from a classifier: another
+    saliency_background entry's file holds its seeds' maps and its own saliency, which would be lost."""
+    inner_settings = seeds[inner] or {}
+    if inner_settings.get("method") != "saliency_background" or name == inner:
+        return []
+    return [f"seeds.{name}.seeds = {inner!r}: seeds.{inner} is a saliency_background entry too, and its "
+            f"saliency ({inner_settings.get('saliency')!r}) would be lost; name the seeds it takes "
+            f"({inner_settings.get('seeds')!r}) in seeds.{name}.seeds"]
+
+
 def check_saliency(config: Mapping[str, Any]) -> list[str]:
     """Saliency entries and the seeds entries that read them name configured entries, with the keys
     their method reads and no others, and no entry depends on itself (a C²AM-H whose hints are
@@ -186,6 +295,8 @@ def check_saliency(config: Mapping[str, Any]) -> list[str]:
         if settings.get("seeds") is not None:
             if settings["seeds"] not in seeds:
                 problems.append(f"seeds.{name}.seeds = {settings['seeds']!r} is not a key of 'seeds'")
+            elif derived:
+                problems += _chained_background(name, settings["seeds"], seeds)
             node.append(("seeds", settings["seeds"]))
     for name, settings in saliency.items():
         settings = settings or {}
@@ -344,6 +455,73 @@ def check_dataset_roots(config: Mapping[str, Any]) -> list[str]:
     return []
 
 
+WSOL_SPLITS = {"calibration_split": "train", "evaluation_split": "val"}  # wsol's split keys, their defaults
+
+
+def used_splits(config: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(key, split) of every split a run reads: the dataset's train and val splits, and the WSOL
+    splits where wsol.experiments are listed (defaults where not given)."""
+    dataset, wsol = config.get("dataset") or {}, config.get("wsol") or {}
+    splits = [(f"dataset.{key}", dataset.get(key, key[:-len("_split")])) for key in ("train_split", "val_split")]
+    if wsol.get("experiments"):
+        splits += [(f"wsol.{key}", wsol.get(key, default)) for key, default in WSOL_SPLITS.items()]
+    return splits
+
+
+def check_dataset(config: Mapping[str, Any]) -> list[str]:
+    """Generator settings belong to a generated dataset (elsewhere nothing reads them), and a
+    generated dataset's splits are the generator's (train, val)."""
+    dataset = config.get("dataset") or {}
+    kind = dataset.get("kind")
+    if kind != "generated":
+        return [f"dataset.generator: read by kind: generated only, not by kind: {kind}; remove it"
+                ] if "generator" in dataset else []
+    return [f"{key} = {split!r}: a generated dataset's splits are {', '.join(GENERATED_SPLITS)}"
+            for key, split in used_splits(config) if split not in GENERATED_SPLITS]
+
+
+def missing_splits(config: Mapping[str, Any], dataset_split_ids: Callable[[str], Sequence[str]]) -> list[str]:
+    """A user's dataset: every split the run reads (`used_splits`) exists, asked of its adapter
+    (``dataset_split_ids`` raises DatasetError for a split it lacks), before the jobs that read it."""
+    problems = []
+    for key, split in used_splits(config):
+        try:
+            dataset_split_ids(split)
+        except DatasetError as error:
+            problems.append(f"{key} = {split!r}: {error}")
+    return problems
+
+
+def generated_split_ids(dataset: Mapping[str, Any], split: str) -> list[str]:
+    """The image ids of a split of a generated dataset (validated settings), before it exists."""
+    return split_ids(GeneratorSettings(**(dataset.get("generator") or {})), split)
+
+
+def ground_truth_subset_problems(dataset: str, split: str, ids: Sequence[str], has_mask: Callable[[str], bool],
+                                 subsets: Mapping[str, str]) -> list[str]:
+    """Semi-supervised experiments (``subsets``: segmentation name → split file): their ground-truth
+    images are images of the train split ``split`` (``ids``) with a mask."""
+    train_ids = set(ids)
+    problems = []
+    for masks, subset in subsets.items():
+        subset_ids = read_id_list(Path(subset))
+        outside = [i for i in subset_ids if i not in train_ids]
+        unmasked = [i for i in subset_ids if i in train_ids and not has_mask(i)]
+        for bad, what in ((outside, f"are not images of split {split!r}"), (unmasked, "have no ground-truth mask")):
+            if bad:
+                problems.append(f"dataset {dataset}, experiment {masks}: {len(bad)} id(s) of the ground-truth "
+                                f"subset {subset} {what} (e.g. {', '.join(map(repr, bad[:5]))})")
+    return problems
+
+
+def needs_seed_masks(config: Mapping[str, Any]) -> bool:
+    """Whether every image of the seed split (the train split) needs its ground-truth mask: WSSS
+    experiments score seeds and pseudo masks there (and train full or semi-supervised segmentation
+    on them), saliency entries are scored there. WSOL alone reads none: PxAP is computed where the
+    evaluation images have masks (CUB's official download has no segmentations/)."""
+    return bool(config.get("experiments")) or bool(config.get("saliency"))
+
+
 def check_dataset_configs(configs: Mapping[str, Mapping[str, Any]]) -> list[str]:
     """Several datasets in one run (``datasets_from``): each keeps its own entries, but an entry
     name is a wildcard value shared by every dataset's rules, so it must mean the same kind of
@@ -394,13 +572,21 @@ def duplicate_keys(path: str | Path) -> list[str]:
 def check_config(config: Mapping[str, Any], schema: Mapping[str, Any],
                  config_files: tuple[str | Path, ...] = ()) -> None:
     """Raises ConfigError listing every duplicated key, unknown or mistyped key, dangling
-    reference, backward sweep and unsafe generated-dataset root."""
+    reference, backward sweep, unsafe generated-dataset root and setting of another dataset kind,
+    naming ``config_files``. A section that is not the mapping or list it should be is named alone
+    (the other checks read the sections)."""
     problems = [message for path in config_files for message in duplicate_keys(path)]
-    problems += unknown_keys(config, schema) + check_references(config) + check_classifiers(config)
-    problems += check_sweeps(config)
-    problems += check_dataset_roots(config)
+    if not isinstance(config, Mapping):
+        problems.append(f"a config is a mapping of keys (dataset:, classifiers:, seeds:, experiments:, ...), "
+                        f"not a {type(config).__name__}")
+    elif misshapen := misshapen_keys(config, schema):
+        problems += misshapen
+    else:
+        problems += unknown_keys(config, schema) + check_references(config) + check_classifiers(config)
+        problems += check_sweeps(config)
+        problems += check_dataset_roots(config) + check_dataset(config)
     if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        raise invalid(problems, config_files)
 
 
 def missing_weight_files(config: Mapping[str, Any]) -> list[str]:
