@@ -26,8 +26,22 @@ include: "rules/wsol.smk"
 include: "rules/report.smk"
 
 
+# Jobs of a few seconds that need no GPU (the summary, the report's tables and figures drawn from
+# CSV files or a few images, the WSOL images' manifest) run in snakemake itself: a cluster run
+# submits no job for them.
+localrules:
+    summary,
+    report_table,
+    report_sweep,
+    report_seeds_precision_recall,
+    report_per_class,
+    report_gallery,
+    report_wsol_boxes,
+    wsol_images,
+
+
 rule all:
     input:
         "results/summary.csv",
-        report_files(),
+        targets.report_files(DATASET_CONFIGS),
     default_target: True

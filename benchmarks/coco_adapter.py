@@ -32,7 +32,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wsss_steps.data.adapters import CocoDataset, build_manifest  # noqa: E402
+from wsss_steps.data.adapters import CocoDataset  # noqa: E402
+from wsss_steps.data.manifest_builder import build_manifest  # noqa: E402
 
 NUM_CATEGORIES = 80
 

@@ -9,7 +9,7 @@ the two results after dividing both by the reference's max, as the pipeline norm
 Precision: the reference runs in ``--dtype`` (float32, IRN's), the sparse walk in
 ``--sparse-dtype`` (float64, the step's default: exact and still cheap). In float32 the 256
 sequential products round differently from the 8 squarings; each is ~1e-4 of the max away from
-the exact result at this size (METHODS §5), so a float32-vs-float32 comparison measures rounding.
+the exact result at this size (docs/methods.md §5), so a float32-vs-float32 comparison measures rounding.
 
 The dense reference needs N² floats per matrix (0.55 GB in float32 at the default size) and
 exp_times products of N × N matrices (8 · 2N³ ≈ 2.6e13 flops): minutes on a CPU core.

@@ -2,7 +2,7 @@
 
 For every image of a manifest and every class r of its label: the CAM A_r at scale 1, ψ(A_r) its
 max-normalised ReLU, and the classifier's probability of r on the clean image, on the image with
-the CAM softly erased, x ⊙ (1 − ψ(A_r)) (what OC-CSE feeds its ordinary classifier, METHODS §3),
+the CAM softly erased, x ⊙ (1 − ψ(A_r)) (what OC-CSE feeds its ordinary classifier, docs/methods.md §3),
 and on the image with the region ψ(A_r) > ``--hard-threshold`` set to zero (the normalised
 image's mean colour).
 

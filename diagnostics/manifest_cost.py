@@ -24,8 +24,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from wsss_steps.data.adapters import VocLayoutDataset, build_manifest  # noqa: E402
+from wsss_steps.data.adapters import VocLayoutDataset  # noqa: E402
 from wsss_steps.data.images import file_content_digest, write_image, write_label_mask  # noqa: E402
+from wsss_steps.data.manifest_builder import build_manifest  # noqa: E402
 
 
 def write_tree(root: Path, count: int) -> None:

@@ -4,7 +4,7 @@ best threshold, the precision-recall curves, and where a method's extra attribut
 Each ``--variant NAME:key=value,...`` is a `wsss_steps.seeds` run (keys are its options: method,
 scales (``1.0+1.5``), steps, penalty_weight, mask_threshold, preset, penalty_scale, ...) over every
 ``--every``-th image of the manifest, in ``--shards`` parallel processes of one thread, then
-`wsss_steps.evaluate` with and without dCRF. With ``--base NAME`` every other variant's maps are
+`wsss_steps.evaluate_masks` with and without dCRF. With ``--base NAME`` every other variant's maps are
 compared with the base's, per image and class c after both are max-normalised: of the mass the
 variant adds (Σ max(0, A_var − A_base)), the share on pixels of class c itself ("own"), on other
 objects ("other objects"), on background stuff ("background") and on void.
@@ -84,7 +84,7 @@ def run_variant(name: str, options: dict[str, str], classifier: Path, manifest: 
         if (eval_dir / "summary_rows.csv").is_file():
             continue
         eval_dir.mkdir(parents=True, exist_ok=True)
-        _run(["wsss_steps.evaluate", "--manifest", str(manifest), "--maps", str(maps), "--map-name", "cam",
+        _run(["wsss_steps.evaluate_masks", "--manifest", str(manifest), "--maps", str(maps), "--map-name", "cam",
               "--thresholds", "0.05", "0.80", "0.05", *extra, "--stage", stage, "--method", name,
               "--curve", str(eval_dir / "curve.csv"), "--per-class", str(eval_dir / "per_class.csv"),
               "--summary", str(eval_dir / "summary_rows.csv")], folder / "evaluate.log")

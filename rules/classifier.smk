@@ -8,10 +8,8 @@ rule train_classifier:
     params:
         settings=classifier_settings,
         options=lambda w: cli_options(classifier_settings(w), skip=("checkpoint_every", "ordinary")),
-        ordinary=ordinary_option,
-        checkpoint_every=lambda w: classifier_settings(w)["checkpoint_every"],
-        checkpoints="results/{dataset}/classifier/{classifier}/checkpoints",
-        device=config["device"],
+        ordinary=lambda w, input: path_option("ordinary", input.get("ordinary")),
+        **training_params("results/{dataset}/classifier/{classifier}", config["device"], classifier_settings),
     log:
         "logs/{dataset}/train_classifier_{classifier}.log",
     benchmark:

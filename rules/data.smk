@@ -51,7 +51,7 @@ rule prepare_data:
     threads: 1
     resources:
         # COCO: pycocotools' index of instances_train2014.json (448 MB) takes several GB, and
-        # rasterising 82,783 masks about half an hour (README, "MS COCO 2014").
+        # rasterising 82,783 masks about half an hour (docs/coco.md).
         mem_mb=lambda w: 16000 if dataset_settings(w)["kind"] == "coco" else 2000,
         runtime=lambda w: 240 if dataset_settings(w)["kind"] == "coco" else 60,
     conda:

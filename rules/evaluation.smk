@@ -30,7 +30,7 @@ rule evaluate_sweep:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.evaluate --manifest {input.manifest:q} --maps {input.maps:q} {params.options} "
+        "python -m wsss_steps.evaluate_masks --manifest {input.manifest:q} --maps {input.maps:q} {params.options} "
         "--dataset {wildcards.dataset} --stage {wildcards.sweep_stage} --method {wildcards.seeds} "
         "--classifier {wildcards.classifier} --split {params.split} --workers {threads} --curve {output.curve:q} "
         "--per-class {output.per_class:q} --summary {output.rows:q} 2> {log:q}"
@@ -57,7 +57,7 @@ rule evaluate_segmentation:
     conda:
         "../envs/wsss.yaml"
     shell:
-        "python -m wsss_steps.evaluate --manifest {input.manifest:q} --maps {input.maps:q} "
+        "python -m wsss_steps.evaluate_masks --manifest {input.manifest:q} --maps {input.maps:q} "
         "--map-name {params.map_name} --label-map --dataset {wildcards.dataset} --stage {wildcards.seg_stage} "
         "--method {wildcards.masks} --classifier {wildcards.classifier} --split {params.split} "
         "--per-class {output.per_class:q} --summary {output.rows:q} 2> {log:q}"
@@ -65,7 +65,7 @@ rule evaluate_segmentation:
 
 rule summary:
     input:
-        summary_row_files(),
+        targets.summary_row_files(DATASET_CONFIGS),
     output:
         "results/summary.csv",
     log:

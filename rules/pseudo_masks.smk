@@ -1,4 +1,4 @@
-# Pseudo masks (METHODS §5): affinity labels → relation network → random walk → pseudo masks.
+# Pseudo masks (docs/methods.md §5): affinity labels → relation network → random walk → pseudo masks.
 # Affinity labels and the random walk run one job per shard of the seed split (merged by
 # merge_maps); their evaluations (stages pseudo_masks, pseudo_masks_crf) are in evaluation.smk.
 # Config sections: affinity, relation, random_walk, pseudo_masks.
@@ -13,7 +13,10 @@ rule affinity_labels_shard:
     params:
         settings=affinity_settings,
         options=lambda w: cli_options(affinity_settings(w)),
-        saliency=affinity_saliency_option,
+        # Seeds with a saliency background carry the saliency in their own file.
+        saliency=lambda w, input: (
+            path_option("saliency", input.seeds) if w.seeds in saliency_background_seeds(w) else ""
+        ),
     log:
         "logs/{dataset}/affinity_labels_{classifier}_{seeds}_shard-{shard}-of-{n}.log",
     benchmark:
@@ -41,9 +44,9 @@ rule train_relation:
     params:
         settings=lambda w: dataset_config(w)["relation"],
         options=lambda w: cli_options(dataset_config(w)["relation"], skip=("checkpoint_every",)),
-        checkpoint_every=lambda w: dataset_config(w)["relation"]["checkpoint_every"],
-        checkpoints="results/{dataset}/relation/{classifier}/{seeds}/checkpoints",
-        device=config["device"],
+        **training_params(
+            "results/{dataset}/relation/{classifier}/{seeds}", config["device"], lambda w: dataset_config(w)["relation"]
+        ),
     log:
         "logs/{dataset}/train_relation_{classifier}_{seeds}.log",
     benchmark:
@@ -97,8 +100,8 @@ rule pseudo_masks:
         masks="results/{dataset}/pseudo_masks/{classifier}/{seeds}/masks.h5",
         png=directory("results/{dataset}/pseudo_masks/{classifier}/{seeds}/png"),
     params:
-        settings=pseudo_mask_settings,
-        options=lambda w: cli_options(pseudo_mask_settings(w)),
+        settings=lambda w: opts.pseudo_mask_settings(dataset_config(w)["pseudo_masks"]),
+        options=lambda w: cli_options(opts.pseudo_mask_settings(dataset_config(w)["pseudo_masks"])),
     log:
         "logs/{dataset}/pseudo_masks_{classifier}_{seeds}.log",
     benchmark:

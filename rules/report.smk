@@ -29,7 +29,7 @@ rule report_table:
 
 rule report_sweep:
     input:
-        unpack(sweep_curves),
+        unpack(lambda w: experiment_files(w, "curve.csv", targets.SWEPT_STAGES)),
     output:
         report(
             "results/{dataset}/report/{classifier}/{masks}/sweep.png",
@@ -58,7 +58,7 @@ rule report_sweep:
 
 rule report_seeds_precision_recall:
     input:
-        unpack(seeds_curves),
+        unpack(lambda w: targets.seeds_curves(w.dataset, dataset_config(w))),
     output:
         report(
             "results/{dataset}/report/seeds_precision_recall.png",
@@ -86,7 +86,7 @@ rule report_seeds_precision_recall:
 
 rule report_per_class:
     input:
-        unpack(per_class_tables),
+        unpack(lambda w: experiment_files(w, "per_class.csv")),
     output:
         report(
             "results/{dataset}/report/{classifier}/{masks}/per_class.png",
@@ -114,7 +114,7 @@ rule report_per_class:
 
 rule report_gallery:
     input:
-        unpack(gallery_inputs),
+        unpack(lambda w: targets.gallery_inputs(w.dataset, dataset_config(w), w.classifier, w.masks)),
     output:
         report(
             "results/{dataset}/report/{classifier}/{masks}/gallery.png",
@@ -126,7 +126,7 @@ rule report_gallery:
     params:
         gallery_images=lambda w: dataset_config(w)["report"]["gallery_images"],
         stages=lambda w, input: " ".join(
-            f"--{name.replace('_', '-')} {shlex.quote(path)}"
+            path_option(name.replace("_", "-"), path)
             for name, path in input.items()
             if name not in ("manifest", "predictions")
         ),

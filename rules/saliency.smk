@@ -1,4 +1,4 @@
-# Saliency (METHODS §4): C²AM, C²AM-H (hints from a seeds entry) and the refinement network (on
+# Saliency (docs/methods.md §4): C²AM, C²AM-H (hints from a seeds entry) and the refinement network (on
 # another entry's pseudo-saliency masks), trained on the seed split; maps and pseudo-saliency
 # masks one job per shard, merged; scored against the ground truth's foreground (stage saliency),
 # with each C²AM-H's hint seeds' own foreground beside it. Seeds entries read them through
@@ -12,11 +12,9 @@ rule train_saliency:
         model="results/{dataset}/saliency/{saliency}/model.pt",
         metrics="results/{dataset}/saliency/{saliency}/metrics.csv",
     params:
-        settings=saliency_training,
-        options=saliency_train_options,
-        checkpoint_every=lambda w: saliency_settings(w)["checkpoint_every"],
-        checkpoints="results/{dataset}/saliency/{saliency}/checkpoints",
-        device=config["device"],
+        settings=lambda w: opts.saliency_training(saliency_settings(w)),
+        options=lambda w, input: opts.saliency_train_options(saliency_settings(w), dict(input.items())),
+        **training_params("results/{dataset}/saliency/{saliency}", config["device"], saliency_settings),
     log:
         "logs/{dataset}/train_saliency_{saliency}.log",
     benchmark:
@@ -42,8 +40,8 @@ rule saliency_shard:
     output:
         "results/{dataset}/saliency/{saliency}/shards/shard-{shard}-of-{n}.h5",
     params:
-        settings=saliency_inference,
-        options=lambda w: cli_options(saliency_inference(w)),
+        settings=lambda w: opts.saliency_inference(saliency_settings(w)),
+        options=lambda w: cli_options(opts.saliency_inference(saliency_settings(w))),
         device=config["device"],
     log:
         "logs/{dataset}/saliency_{saliency}_shard-{shard}-of-{n}.log",

@@ -1,10 +1,42 @@
-# Seeds (METHODS §2): the classifier's CAMs or AdvCAM's (method cam | advcam | advcam_sal), one
+# Seeds (docs/methods.md §2): the classifier's CAMs or AdvCAM's (method cam | advcam | advcam_sal), one
 # job per shard of the seed split (merged by merge_maps; evaluated by evaluate_sweep); and seeds
 # with a saliency background (method saliency_background: another entry's maps + a saliency map).
 # Config section: seeds.<name>.
 
 
-rule seeds_shard:
+# The WSOL images' seeds (rules/wsol.smk; the seeds entries that WSOL experiments name, cam or
+# advcam) and the seed split's take one shell line. `use rule ... with:` merges params into the base
+# rule's, so the base is the rule with fewer: seeds_shard adds `settings` (what its jobs record).
+rule wsol_seeds_shard:
+    input:
+        classifier="results/{dataset}/classifier/{classifier}/model.pt",
+        manifest=wsol_part_manifest,
+    output:
+        "results/{dataset}/{map_stage}/{classifier}/{entry}/shards/shard-{shard}-of-{n}.h5",
+    wildcard_constraints:
+        map_stage="|".join(WSOL_PARTS),
+        entry=alternatives(WSOL_SEED_NAMES),
+    params:
+        options=lambda w: cli_options(dataset_config(w)["seeds"][w.entry]),
+        device=config["device"],
+    log:
+        "logs/{dataset}/{map_stage}_{classifier}_{entry}_shard-{shard}-of-{n}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/{map_stage}_{classifier}_{entry}_shard-{shard}-of-{n}.tsv"
+    threads: 1
+    resources:
+        mem_mb=RESOURCES["infer_mem_mb"],
+        runtime=RESOURCES["infer_runtime_min"],
+        gpu=lambda w: GPU if dataset_config(w)["seeds"][w.entry]["method"] != "cam" else 0,
+    conda:
+        "../envs/wsss.yaml"
+    shell:
+        "python -m wsss_steps.seeds --classifier {input.classifier:q} --manifest {input.manifest:q} "
+        "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output:q} {params.options} "
+        "--device {params.device} --threads {threads} 2> {log:q}"
+
+
+use rule wsol_seeds_shard as seeds_shard with:
     input:
         unpack(seed_inputs),
         classifier="results/{dataset}/classifier/{classifier}/model.pt",
@@ -12,26 +44,18 @@ rule seeds_shard:
     output:
         "results/{dataset}/seeds/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
     wildcard_constraints:
-        seeds=_alternatives(COMPUTED_SEED_NAMES),
+        seeds=alternatives(COMPUTED_SEED_NAMES),
     params:
         settings=seed_settings,
-        options=seed_options,
-        device=config["device"],
+        options=lambda w, input: opts.seed_options(seed_settings(w), input.get("saliency")),
     log:
         "logs/{dataset}/seeds_{classifier}_{seeds}_shard-{shard}-of-{n}.log",
     benchmark:
         "results/{dataset}/benchmarks/seeds_{classifier}_{seeds}_shard-{shard}-of-{n}.tsv"
-    threads: 1
     resources:
         mem_mb=RESOURCES["infer_mem_mb"],
         runtime=RESOURCES["infer_runtime_min"],
         gpu=lambda w: GPU if seed_settings(w)["method"] != "cam" else 0,
-    conda:
-        "../envs/wsss.yaml"
-    shell:
-        "python -m wsss_steps.seeds --classifier {input.classifier:q} --manifest {input.manifest:q} "
-        "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output:q} {params.options} "
-        "--device {params.device} --threads {threads} 2> {log:q}"
 
 
 # Seeds with a saliency background: the maps of seeds entry `seeds` and the saliency entry's map in
@@ -41,14 +65,14 @@ ruleorder: saliency_seeds > merge_maps
 
 rule saliency_seeds:
     input:
-        unpack(derived_seed_inputs),
+        unpack(saliency_background_inputs),
         manifest=seed_manifest,
     output:
         "results/{dataset}/seeds/{classifier}/{seeds}/maps.h5",
     wildcard_constraints:
-        seeds=_alternatives(DERIVED_SEED_NAMES),
+        seeds=alternatives(SALIENCY_BACKGROUND_SEED_NAMES),
     params:
-        saliency_map=derived_seed_map,
+        saliency_map=lambda w: opts.saliency_background_map(saliency_background_seeds(w)[w.seeds], saliency_entries(w)),
     log:
         "logs/{dataset}/saliency_seeds_{classifier}_{seeds}.log",
     benchmark:

@@ -1,4 +1,4 @@
-# Segmentation network (METHODS §6) on each experiment's pseudo masks, or on the ground truth
+# Segmentation network (docs/methods.md §6) on each experiment's pseudo masks, or on the ground truth
 # (seeds name `full`: the fully supervised upper bound); multi-scale + flip inference on the val
 # split with DeepLab's dCRF, one job per shard (merged by merge_maps into maps.h5; evaluations,
 # stages segmentation and segmentation_crf, in evaluation.smk); VOC palette PNGs; the same
@@ -13,13 +13,13 @@ rule train_segmentation:
         model="results/{dataset}/segmentation/{classifier}/{masks}/model.pt",
         metrics="results/{dataset}/segmentation/{classifier}/{masks}/metrics.csv",
     params:
-        settings=segmentation_training,
+        settings=lambda w: opts.segmentation_training(segmentation_settings(w)),
         init_from_classifier=lambda w: segmentation_settings(w)["init_from_classifier"],
-        sources=segmentation_sources,
-        options=lambda w: cli_options(segmentation_training(w)),
-        checkpoint_every=lambda w: segmentation_settings(w)["checkpoint_every"],
-        checkpoints="results/{dataset}/segmentation/{classifier}/{masks}/checkpoints",
-        device=config["device"],
+        sources=lambda w, input: opts.segmentation_sources(dict(input.items())),
+        options=lambda w: cli_options(opts.segmentation_training(segmentation_settings(w))),
+        **training_params(
+            "results/{dataset}/segmentation/{classifier}/{masks}", config["device"], segmentation_settings
+        ),
     log:
         "logs/{dataset}/train_segmentation_{classifier}_{masks}.log",
     benchmark:
@@ -45,8 +45,8 @@ rule segment_shard:
     output:
         "results/{dataset}/segmentation/{classifier}/{masks}/shards/shard-{shard}-of-{n}.h5",
     params:
-        settings=segmentation_inference,
-        options=segmentation_inference_options,
+        settings=lambda w: opts.segmentation_inference(segmentation_settings(w)),
+        options=lambda w: opts.segmentation_inference_options(segmentation_settings(w)),
         device=config["device"],
     log:
         "logs/{dataset}/segment_{classifier}_{masks}_shard-{shard}-of-{n}.log",
@@ -99,9 +99,9 @@ rule segment_gallery:
     output:
         "results/{dataset}/segmentation/{classifier}/{masks}/gallery.h5",
     params:
-        settings=segmentation_inference,
+        settings=lambda w: opts.segmentation_inference(segmentation_settings(w)),
         gallery_images=lambda w: dataset_config(w)["report"]["gallery_images"],
-        options=segmentation_inference_options,
+        options=lambda w: opts.segmentation_inference_options(segmentation_settings(w)),
         device=config["device"],
     log:
         "logs/{dataset}/segment_gallery_{classifier}_{masks}.log",

@@ -1,6 +1,7 @@
-# Weakly supervised object localisation (METHODS §8): the WSOL images of a split → maps of the
-# calibration and evaluation images (seeds entries cam/advcam of the experiment's classifier, or
-# its weight-map generator) → merge (rules/maps.smk) → boxes and scores. Config: wsol, weight_maps.
+# Weakly supervised object localisation (docs/methods.md §8): the WSOL images of a split → maps of the
+# calibration and evaluation images (seeds entries cam/advcam of the experiment's classifier: rule
+# wsol_seeds_shard in rules/seeds.smk; or its weight-map generator) → merge (rules/maps.smk) → boxes
+# and scores. Config: wsol, weight_maps.
 
 
 rule wsol_images:
@@ -24,35 +25,6 @@ rule wsol_images:
         "python -m wsss_steps.wsol_images --manifest {input:q} --out {output:q} --images {params.images} 2> {log:q}"
 
 
-rule wsol_seeds_shard:
-    input:
-        classifier="results/{dataset}/classifier/{classifier}/model.pt",
-        manifest=wsol_part_manifest,
-    output:
-        "results/{dataset}/{map_stage}/{classifier}/{entry}/shards/shard-{shard}-of-{n}.h5",
-    wildcard_constraints:
-        map_stage="|".join(WSOL_PARTS),
-        entry=_alternatives(WSOL_SEED_NAMES),
-    params:
-        options=wsol_seed_options,
-        device=config["device"],
-    log:
-        "logs/{dataset}/{map_stage}_{classifier}_{entry}_shard-{shard}-of-{n}.log",
-    benchmark:
-        "results/{dataset}/benchmarks/{map_stage}_{classifier}_{entry}_shard-{shard}-of-{n}.tsv"
-    threads: 1
-    resources:
-        mem_mb=RESOURCES["infer_mem_mb"],
-        runtime=RESOURCES["infer_runtime_min"],
-        gpu=lambda w: GPU if dataset_config(w)["seeds"][w.entry]["method"] != "cam" else 0,
-    conda:
-        "../envs/wsss.yaml"
-    shell:
-        "python -m wsss_steps.seeds --classifier {input.classifier:q} --manifest {input.manifest:q} "
-        "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output:q} {params.options} "
-        "--device {params.device} --threads {threads} 2> {log:q}"
-
-
 # The generator trains on the calibration split's WSOL images; S (label-free) is scored on the
 # evaluation images, whose GT-known per epoch the metrics file shows beside it (never used to choose).
 rule train_weight_map:
@@ -64,11 +36,10 @@ rule train_weight_map:
         model="results/{dataset}/weight_map/{classifier}/{entry}/model.pt",
         metrics="results/{dataset}/weight_map/{classifier}/{entry}/metrics.csv",
     wildcard_constraints:
-        entry=_alternatives(_names("weight_maps")),
+        entry=alternatives(WEIGHT_MAP_NAMES),
     params:
-        options=weight_map_options,
-        checkpoints="results/{dataset}/weight_map/{classifier}/{entry}/checkpoints",
-        device=config["device"],
+        options=lambda w: opts.weight_map_options(weight_maps(w)[w.entry]),
+        **training_params("results/{dataset}/weight_map/{classifier}/{entry}", config["device"]),
     log:
         "logs/{dataset}/train_weight_map_{classifier}_{entry}.log",
     benchmark:
@@ -95,7 +66,7 @@ rule weight_maps_shard:
         "results/{dataset}/{map_stage}/{classifier}/{entry}/shards/shard-{shard}-of-{n}.h5",
     wildcard_constraints:
         map_stage="|".join(WSOL_PARTS),
-        entry=_alternatives(_names("weight_maps")),
+        entry=alternatives(WEIGHT_MAP_NAMES),
     params:
         device=config["device"],
     log:
@@ -123,7 +94,7 @@ rule evaluate_wsol:
         boxes="results/{dataset}/eval/wsol/{classifier}/{entry}/boxes.csv",
     params:
         threshold=wsol_threshold,
-        calibration=wsol_calibration_options,
+        calibration=lambda w, input: opts.wsol_calibration_options(dict(input.items())),
         device=config["device"],
     log:
         "logs/{dataset}/evaluate_wsol_{classifier}_{entry}.log",
@@ -145,7 +116,7 @@ rule evaluate_wsol:
 
 rule report_wsol_boxes:
     input:
-        unpack(wsol_box_files),
+        unpack(lambda w: targets.wsol_box_files(w.dataset, dataset_config(w))),
     output:
         report(
             "results/{dataset}/report/wsol_boxes.png",

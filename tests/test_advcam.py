@@ -1,4 +1,4 @@
-"""AdvCAM / AdvCAM-Sal (METHODS §2): batched climbing against the one-at-a-time reference loop,
+"""AdvCAM / AdvCAM-Sal (docs/methods.md §2): batched climbing against the one-at-a-time reference loop,
 the clean-CAM limit, the restricting mask, the saliency mask, resumable shards and the CLI."""
 
 from __future__ import annotations
@@ -397,7 +397,7 @@ def _imagenet_lite0() -> CamClassifier:
 
 
 def test_default_keeps_the_reference_codes_balance_of_logits_and_penalty() -> None:
-    """λ = 7 was tuned on the reference code's attribution scale (METHODS §2): at the first
+    """λ = 7 was tuned on the reference code's attribution scale (docs/methods.md §2): at the first
     penalised step the default's penalty-to-logit gradient ratio must be the reference code's
     (with the paper's logits), not the raw CAM's ~1000× heavier penalty."""
     from wsss_steps.data.generated import GeneratorSettings, render_image

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from wsss_steps import affinity_labels
-from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.adapters import VocLayoutDataset
 from wsss_steps.data.images import IGNORE_LABEL
 from wsss_steps.data.manifest import ImageRecord, Manifest, write_manifest
+from wsss_steps.data.manifest_builder import build_manifest
 from wsss_steps.methods.affinity import saliency_labels, two_threshold_labels
 from wsss_steps.methods.labels import padded_argmax
 from wsss_steps.store.maps import MapReader, MapWriter

@@ -1,4 +1,4 @@
-"""CAM seeds: multi-scale + flip inference as METHODS §1, written as complete HDF5 shards."""
+"""CAM seeds: multi-scale + flip inference as docs/methods.md §1, written as complete HDF5 shards."""
 
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from wsss_steps import inspect, merge_maps, seeds
-from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.adapters import VocLayoutDataset
 from wsss_steps.data.images import read_image
 from wsss_steps.data.manifest import write_manifest
+from wsss_steps.data.manifest_builder import build_manifest
 from wsss_steps.methods.cams import multiscale_cams
 from wsss_steps.networks.backbones import build_backbone
 from wsss_steps.networks.classifier import CamClassifier

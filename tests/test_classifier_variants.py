@@ -1,4 +1,4 @@
-"""Classifier variants of METHODS §3 (Puzzle-CAM, OC-CSE, P-OC, P-NOC, label smoothing): the
+"""Classifier variants of docs/methods.md §3 (Puzzle-CAM, OC-CSE, P-OC, P-NOC, label smoothing): the
 tensor operations on constructed inputs, which network each loss reaches, the schedules, and the
 trained P-NOC's bitwise resume."""
 

@@ -8,14 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss_steps.data.adapters import (
-    Voc2012Dataset,
-    VocLayoutDataset,
-    build_manifest,
-    split_label_names,
-)
+from wsss_steps.data.adapters import Voc2012Dataset, VocLayoutDataset, split_label_names
 from wsss_steps.data.images import read_label_mask, write_image, write_label_mask
 from wsss_steps.data.manifest import DatasetError, read_manifest, validate_image_id, write_manifest
+from wsss_steps.data.manifest_builder import build_manifest
 from wsss_steps.prepare_data import main as prepare_data_main
 
 

@@ -7,7 +7,7 @@ import pytest
 
 from wsss_steps.data.images import write_image, write_label_mask
 from wsss_steps.data.manifest import ImageRecord, Manifest, read_manifest, write_manifest
-from wsss_steps.evaluate import main
+from wsss_steps.evaluate_masks import main
 from wsss_steps.evaluation.masks import EvaluationError, evaluate_seeds, threshold_list
 from wsss_steps.evaluation.metrics import confusion_matrix
 from wsss_steps.evaluation.summary import SummaryError, summarize

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
-from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.adapters import VocLayoutDataset
 from wsss_steps.data.generated import (
     CLASS_SPECS,
     GENERATOR_NAME,
@@ -24,6 +24,7 @@ from wsss_steps.data.generated import (
 )
 from wsss_steps.data.images import IGNORE_LABEL, read_image, read_label_mask
 from wsss_steps.data.manifest import validate_image_id
+from wsss_steps.data.manifest_builder import build_manifest
 from wsss_steps.generate_dataset import main
 
 SMALL = GeneratorSettings(num_train=10, num_val=4, image_size=64, seed=3)
@@ -165,8 +166,8 @@ def test_parts_are_small_saturated_and_class_coloured() -> None:
 
 
 def test_half_the_objects_show_their_part_by_default() -> None:
-    """The default hides half the parts: then only the body tells the class (README, "The default
-    dataset": that brings the CAMs' precision and recall near MSRC's)."""
+    """The default hides half the parts: then only the body tells the class (docs/datasets.md, "The default
+    generated dataset": that brings the CAMs' precision and recall near MSRC's)."""
     settings = GeneratorSettings()
     assert settings.part_prob == 0.5
     objects = [obj for index in range(32) for obj in render_image(settings, "train", index).objects]

@@ -15,7 +15,7 @@ from wsss_steps.workflow.config import ConfigError, check_config, duplicate_keys
 
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
-CONFIG = yaml.safe_load((ROOT / "config.yaml").read_text())
+CONFIG = yaml.safe_load((ROOT / "configs" / "all_methods.yaml").read_text())  # every section in use
 
 
 def _refused(workdir: Path, *args: str) -> str:
@@ -216,8 +216,9 @@ def test_wsol_scores_without_masks_leave_pxap_out_and_say_so(tmp_path: Path, cap
 
     from tests.test_relation import make_shapes_dataset
     from wsss_steps import evaluate_wsol, wsol_images
-    from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+    from wsss_steps.data.adapters import VocLayoutDataset
     from wsss_steps.data.manifest import read_manifest, write_manifest
+    from wsss_steps.data.manifest_builder import build_manifest
     from wsss_steps.store.maps import MapWriter
 
     root = tmp_path / "data"

@@ -30,9 +30,10 @@ from tests.workflow_helpers import (
     write_config,
 )
 from wsss_steps import seeds, train_classifier
-from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.adapters import VocLayoutDataset
 from wsss_steps.data.images import write_image, write_label_mask
 from wsss_steps.data.manifest import DatasetError, read_manifest, write_manifest
+from wsss_steps.data.manifest_builder import build_manifest
 from wsss_steps.networks.io import load_classifier, model_identity, read_classifier_meta
 from wsss_steps.store.digests import file_digest
 from wsss_steps.store.maps import MapReader, shard_path

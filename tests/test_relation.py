@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from wsss_steps import train_relation
-from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.adapters import VocLayoutDataset
 from wsss_steps.data.images import IGNORE_LABEL, write_image, write_label_mask
 from wsss_steps.data.manifest import Manifest, write_manifest
+from wsss_steps.data.manifest_builder import build_manifest
 from wsss_steps.networks.backbones import build_backbone
 from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.io import save_classifier

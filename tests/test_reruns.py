@@ -5,7 +5,7 @@ is created empty, and all are recorded by `snakemake --touch --forceall` (which 
 params, code and inputs as a real run does), so the planning is that of a finished run, in seconds
 and without running a step.
 What follows from content (a rerun upstream re-creating identical files) needs real outputs: see
-the README, "Resuming and rerunning".
+docs/reruns.md.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""C²AM / C²AM-H saliency (METHODS §4): the contrastive loss against a hand computation, the rank
+"""C²AM / C²AM-H saliency (docs/methods.md §4): the contrastive loss against a hand computation, the rank
 weights, the polarity fix, the hints, the scores, and the steps (train, maps, evaluation, seeds
 with a saliency background, the refinement network) on a small dataset."""
 
@@ -15,7 +15,13 @@ from torch import nn
 
 from tests.test_relation import make_shapes_dataset, one_thread  # noqa: F401 (autouse fixture)
 from tests.test_training_loop import Points
-from wsss_steps import evaluate, evaluate_saliency, saliency_maps, saliency_seeds, train_saliency
+from wsss_steps import (
+    evaluate_masks,
+    evaluate_saliency,
+    saliency_maps,
+    saliency_seeds,
+    train_saliency,
+)
 from wsss_steps.data.images import IGNORE_LABEL, read_label_mask
 from wsss_steps.evaluation.saliency import SaliencyCounts, foreground_map
 from wsss_steps.methods.saliency import (
@@ -33,7 +39,7 @@ from wsss_steps.training.loop import LoopSettings, Trainee, train
 
 
 def _hand_loss(features: np.ndarray, probability: np.ndarray, alpha: float) -> float:
-    """METHODS §4 written out pair by pair, with its own ranking (np.argsort per row)."""
+    """docs/methods.md §4 written out pair by pair, with its own ranking (np.argsort per row)."""
     n = features.shape[0]
     fg = [(features[i] * probability[i]).sum(axis=(1, 2)) / probability[i].sum() for i in range(n)]
     bg = [(features[i] * (1 - probability[i])).sum(axis=(1, 2)) / (1 - probability[i]).sum() for i in range(n)]
@@ -263,19 +269,19 @@ def test_saliency_background_scores_cell_by_cell(shapes: dict[str, Path], tmp_pa
                                 "--saliency", str(sal_path), "--saliency-map", "saliency", "--out", str(combined),
                                 "--method", "cam_sal"]) == 0
     rows = tmp_path / "rows.csv"
-    assert evaluate.main(["--manifest", str(shapes["manifest"]), "--maps", str(combined), "--saliency-background",
+    assert evaluate_masks.main(["--manifest", str(shapes["manifest"]), "--maps", str(combined), "--saliency-background",
                           "--curve", str(tmp_path / "curve.csv"), "--per-class", str(tmp_path / "pc.csv"),
                           "--summary", str(rows), "--stage", "seeds"]) == 0
     scores = _rows(rows)
     assert scores["miou"] == pytest.approx(1.0) and "best_threshold" not in scores
     # Without the saliency file's background the same seeds at threshold 0.1 label the halo.
     plain = tmp_path / "plain.csv"
-    assert evaluate.main(["--manifest", str(shapes["manifest"]), "--maps", str(shapes["seeds"]),
+    assert evaluate_masks.main(["--manifest", str(shapes["manifest"]), "--maps", str(shapes["seeds"]),
                           "--thresholds", "0.1", "0.1", "1", "--curve", str(tmp_path / "c2.csv"),
                           "--per-class", str(tmp_path / "pc2.csv"), "--summary", str(plain)]) == 0
     assert _rows(plain)["miou"] < 0.6
     with pytest.raises(Exception, match="no dataset 'saliency'"):
-        evaluate.main(["--manifest", str(shapes["manifest"]), "--maps", str(shapes["seeds"]),
+        evaluate_masks.main(["--manifest", str(shapes["manifest"]), "--maps", str(shapes["seeds"]),
                        "--saliency-background", "--curve", str(tmp_path / "c3.csv"), "--per-class",
                        str(tmp_path / "pc3.csv"), "--summary", str(tmp_path / "r3.csv")])
 

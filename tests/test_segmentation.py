@@ -1,4 +1,4 @@
-"""Segmentation network (METHODS §6): heads, files, classifier init, training with resume,
+"""Segmentation network (docs/methods.md §6): heads, files, classifier init, training with resume,
 multi-scale + flip inference, label-map evaluation, PNG export and the report figures."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from tests.test_relation import make_shapes_dataset, one_thread  # noqa: F401 (autouse fixture)
-from wsss_steps import evaluate, export_png, report_figures, segment, train_segmentation
+from wsss_steps import evaluate_masks, export_png, report_figures, segment, train_segmentation
 from wsss_steps.data.images import IGNORE_LABEL, read_label_mask, voc_palette
 from wsss_steps.data.manifest import read_manifest, spread_ids
 from wsss_steps.evaluation.masks import EvaluationError, evaluate_label_maps
@@ -235,7 +235,7 @@ def test_segment_evaluate_and_export(shapes: dict[str, Path], tmp_path: Path) ->
         assert group["mask"].dtype == np.uint8 and int(group["mask"][()].max()) <= 2
 
     summary = tmp_path / "rows.csv"
-    assert evaluate.main(["--manifest", str(shapes["manifest"]), "--maps", str(predictions),
+    assert evaluate_masks.main(["--manifest", str(shapes["manifest"]), "--maps", str(predictions),
                                 "--map-name", "mask_crf", "--label-map", "--per-class", str(tmp_path / "pc.csv"),
                                 "--summary", str(summary), "--stage", "segmentation_crf", "--method", "full",
                                 "--classifier", "cam", "--split", "val"]) == 0

@@ -30,8 +30,8 @@ from .workflow_helpers import (
     write_config,
 )
 
-pytestmark = pytest.mark.skipif(not os.environ.get("WSSS_SLURM_TEST") or not os.environ.get("SLURM_CONF"),
-                                reason="needs a SLURM cluster: run `make test-slurm`")
+needs_cluster = pytest.mark.skipif(not os.environ.get("WSSS_SLURM_TEST") or not os.environ.get("SLURM_CONF"),
+                                   reason="needs a SLURM cluster: run `make test-slurm`")
 
 # The README's commands ("Running on a cluster"), run verbatim in a checkout-like folder.
 DRY_RUN = "snakemake --profile profiles/slurm --configfile my.yaml --dry-run"
@@ -42,10 +42,10 @@ FAST_POLL = ["--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-suc
 CHECKOUT = ["Snakefile", "config.yaml", "rules", "schemas", "wsss_steps", "envs", "profiles"]
 # The tiny workflow on a GPU cluster: training asks for a GPU (the test node has a stand-in one),
 # the steps run on the CPU. Memory fits the test node.
-# my.yaml is merged into config.yaml, so its saliency entry and WSOL section run too: sized here for
-# the tiny images (config.yaml's epochs are set for 128-px images and would take most of the test's
-# time). Of its WSOL experiments AdvCAM's (the climb's GPU request) and the weight map's (config.yaml's
-# entry must be used) run; CAM's maps take the same rules as AdvCAM's, and every SLURM job costs a
+# my.yaml is merged into config.yaml, so its saliency entry runs too: sized here for the tiny images
+# (config.yaml's epochs are set for 128-px images and would take most of the test's time). The WSOL
+# experiments are AdvCAM's (the climb's GPU request) and the weight map's (method I, as in
+# configs/all_methods.yaml); CAM's maps take the same rules as AdvCAM's, and every SLURM job costs a
 # snakemake start and a status poll.
 SMALL = {"epochs": 2, "batch_size": 8, "resize_long": [48, 80], "crop": 64}
 CONFIG = tiny_config(gpu_available=True, device="cpu",
@@ -55,7 +55,8 @@ CONFIG = tiny_config(gpu_available=True, device="cpu",
                      classifiers={**TINY["classifiers"], "cam_softmax": {"variant": "cam", "loss": "softmax",
                                                                          "backbone": "small_resnet", **SMALL}},
                      saliency={"c2am_h": {**SMALL, "accumulation_steps": 1}},
-                     weight_maps={"weight_map": SMALL},
+                     weight_maps={"weight_map": {**SMALL, "backbone": "efficientnet_lite0", "pretrained": True,
+                                                 "l1_weight": 1.0, "lr": 1.0e-3, "box_threshold": 0.1}},
                      wsol={"experiments": [{"classifier": "cam_softmax", "maps": "advcam"},
                                            {"classifier": "cam_softmax", "maps": "weight_map"}]})
 TRAINING_RULES = {"train_classifier", "train_relation", "train_saliency", "train_segmentation", "train_weight_map"}
@@ -73,6 +74,12 @@ def readme_cluster_commands() -> list[str]:
         block = re.sub(r"\\\n\s*", "", block)
         lines += [line.split("  #", 1)[0].strip() for line in block.splitlines()]
     return [line for line in lines if line]
+
+
+def local_rules() -> set[str]:
+    """The Snakefile's `localrules:`, one name a line."""
+    block = re.search(r"^localrules:\n((?:[ \t]+\w+,?\n)+)", (ROOT / "Snakefile").read_text(), re.MULTILINE)
+    return set(re.findall(r"\w+", block.group(1)))
 
 
 def checkout(path: Path) -> Path:
@@ -132,6 +139,19 @@ def assert_same_results(slurm_dir: Path, local_dir: Path) -> None:
         assert_same_maps(slurm_dir / maps, local_dir / maps)
 
 
+def test_local_rules_are_read_from_the_snakefile() -> None:
+    """No cluster needed: the jobs the cluster test expects unsubmitted are the Snakefile's localrules."""
+    assert {"summary", "report_table", "wsol_images"} <= local_rules()
+    assert not local_rules() & (TRAINING_RULES | CLIMBING_RULES | SHARD_RULES)
+
+
+def test_readme_cluster_commands_are_the_ones_run_here() -> None:
+    """No cluster needed: the README shows the two commands the cluster test runs, verbatim."""
+    commands = readme_cluster_commands()
+    assert DRY_RUN in commands and RUN in commands, commands
+
+
+@needs_cluster
 def test_readme_commands_on_a_slurm_cluster(tmp_path: Path) -> None:
     commands = readme_cluster_commands()
     assert DRY_RUN in commands and RUN in commands, commands
@@ -139,7 +159,8 @@ def test_readme_commands_on_a_slurm_cluster(tmp_path: Path) -> None:
     slurm_dir = checkout(tmp_path / "slurm")
     planned = run(DRY_RUN, slurm_dir)
     planned_jobs = job_counts(planned)
-    planned_jobs.pop("all")  # the target rule runs in snakemake itself, never submitted
+    for rule in {"all", *local_rules()} & set(planned_jobs):  # run in snakemake itself, never submitted
+        planned_jobs.pop(rule)
 
     # The local reference runs meanwhile: the SLURM run mostly waits between status checks.
     local_dir = checkout(tmp_path / "local")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ast
 import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,14 @@ ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "wsss_steps"
 STEPS = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem not in ("__init__", "cli"))
 SCHEMA = yaml.safe_load((ROOT / "schemas" / "config.schema.yaml").read_text())
+# Steps that run no network start without torch (importing it costs a job seconds before any work,
+# and the default run has 100+ jobs): torch stays inside the modules and functions that run one.
+STEPS_WITHOUT_TORCH = ("affinity_labels", "evaluate_masks", "evaluate_saliency", "export_png", "generate_dataset",
+                       "inspect", "merge_maps", "prepare_data", "pseudo_masks", "report_figures", "report_screenshot",
+                       "saliency_seeds", "summarize", "wsol_images")
+# evaluate_wsol runs the classifier for Top-1 Loc (torch loads in start_run, not at import)
+STEPS_WITH_A_NETWORK = ("evaluate_wsol", "random_walk", "saliency_maps", "seeds", "segment", "train_classifier",
+                        "train_relation", "train_saliency", "train_segmentation", "train_weight_map", "weight_maps")
 
 
 def _imports(path: Path) -> set[str]:
@@ -51,6 +61,20 @@ def test_library_subpackages_import_only_downward() -> None:
             target = module.split(".")[1] if module.count(".") else ""
             if target in rank:
                 assert rank[target] <= own, f"{path.relative_to(ROOT)} imports {module} (a higher layer)"
+
+
+def test_every_step_is_listed_as_running_a_network_or_not() -> None:
+    assert sorted(STEPS_WITHOUT_TORCH + STEPS_WITH_A_NETWORK) == STEPS
+
+
+@pytest.mark.parametrize("step", STEPS_WITHOUT_TORCH)
+def test_steps_without_a_network_do_not_import_torch(step: str) -> None:
+    code = (f"import sys, wsss_steps.{step}\n"
+            "if 'torch' in sys.modules:\n"
+            "    sys.exit('torch is imported; the wsss_steps modules loaded: '\n"
+            "             + ' '.join(sorted(m for m in sys.modules if m.startswith('wsss_steps'))))\n")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"import wsss_steps.{step}: {run.stderr.strip()}"
 
 
 @pytest.mark.parametrize("step", STEPS)

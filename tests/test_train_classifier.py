@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from wsss_steps import train_classifier
-from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.adapters import VocLayoutDataset
 from wsss_steps.data.images import IGNORE_LABEL, write_image, write_label_mask
 from wsss_steps.data.manifest import write_manifest
+from wsss_steps.data.manifest_builder import build_manifest
 from wsss_steps.networks.io import load_classifier, read_classifier_meta
 from wsss_steps.training.augment import TrainAugmentation, epoch_permutation, sample_rng
 

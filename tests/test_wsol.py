@@ -1,4 +1,4 @@
-"""WSOL (METHODS §8): box IoU, boxes from maps, GT-known / Top-1 Loc, MaxBoxAcc(V2) and PxAP on
+"""WSOL (docs/methods.md §8): box IoU, boxes from maps, GT-known / Top-1 Loc, MaxBoxAcc(V2) and PxAP on
 hand-computed cases, PxAP against an independent computation, the weight map's score S and its
 early-stopping choice, and the steps (WSOL images, softmax classifier, weight-map generator,
 maps, evaluation) on a small dataset with boxes."""
@@ -21,8 +21,9 @@ from wsss_steps import (
     weight_maps,
     wsol_images,
 )
-from wsss_steps.data.adapters import VocLayoutDataset, build_manifest
+from wsss_steps.data.adapters import VocLayoutDataset
 from wsss_steps.data.manifest import write_manifest
+from wsss_steps.data.manifest_builder import build_manifest
 from wsss_steps.evaluation.wsol import WsolCounts, calibrated_threshold, thresholds
 from wsss_steps.methods.boxes import box_iou, boxes_from_map, normalize_map
 from wsss_steps.methods.weight_map import (

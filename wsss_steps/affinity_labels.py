@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--sal-fg-threshold", type=float, default=0.40,
                         help="seed score a salient pixel needs for a class (default: %(default)s)")
     parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
-                        help="refine with dCRF (METHODS §5 settings; default: yes)")
+                        help="refine with dCRF (docs/methods.md §5 settings; default: yes)")
     parser.add_argument("--crf-iterations", type=int, default=IRN_CRF.iterations)
     parser.add_argument("--crf-gt-prob", type=float, default=IRN_CRF.gt_prob)
     parser.add_argument("--method", help="method name stored in the file (default: irn or pnoc_saliency)")

@@ -1,4 +1,4 @@
-"""Scores localisation maps as boxes (METHODS §8; `wsss_steps.evaluation.wsol`): GT-known Loc,
+"""Scores localisation maps as boxes (docs/methods.md §8; `wsss_steps.evaluation.wsol`): GT-known Loc,
 Top-1 Loc, MaxBoxAcc, MaxBoxAccV2 and PxAP.
 
 Protocol: the box threshold is chosen on the calibration images (``--calibration-maps`` over

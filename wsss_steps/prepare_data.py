@@ -24,9 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from wsss_steps.cli import setup_logging, step_parser
-from wsss_steps.data.adapters import DATASET_KINDS, LABEL_MASK_CHECKS, build_manifest, open_dataset
+from wsss_steps.data.adapters import DATASET_KINDS, open_dataset
 from wsss_steps.data.images import DEFAULT_MAX_IMAGE_PIXELS
 from wsss_steps.data.manifest import write_manifest
+from wsss_steps.data.manifest_builder import LABEL_MASK_CHECKS, build_manifest
 from wsss_steps.data.sources import record_sources
 
 log = logging.getLogger("wsss_steps.prepare_data")

@@ -1,4 +1,4 @@
-"""IRN's random walk of one shard's seeds on the relation network's boundary map (METHODS §5), into HDF5:
+"""IRN's random walk of one shard's seeds on the relation network's boundary map (docs/methods.md §5), into HDF5:
 the walked scores ``cam`` (K, H, W) and ``pseudo_label`` at ``--sem-seg-bg-thres`` per image.
 
 What it computes, and why: `wsss_steps.methods.random_walk`.

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from wsss_steps.cli import setup_logging, step_parser
 from wsss_steps.report.figures import (
-    _split_pairs,
     plot_per_class,
     plot_precision_recall,
     plot_sweep,
@@ -27,10 +26,6 @@ from wsss_steps.report.figures import (
 )
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------
-# CLI
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def split_pairs(pairs: Sequence[str], option: str) -> list[tuple[str, Path]]:
+    """``NAME=PATH`` arguments of ``option`` as (name, path) pairs, in order."""
+    out = []
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise SystemExit(f"report_figures: {option} takes NAME=PATH, not {pair!r}")
+        out.append((name, Path(path)))
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging()
@@ -78,13 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(render_table(args.summary, args.dataset))
     elif args.command == "sweep":
-        plot_sweep(_split_pairs(args.curve, "--curve"), args.out, args.title)
+        plot_sweep(split_pairs(args.curve, "--curve"), args.out, args.title)
     elif args.command == "precision-recall":
-        plot_precision_recall(_split_pairs(args.curve, "--curve"), args.out, args.title)
+        plot_precision_recall(split_pairs(args.curve, "--curve"), args.out, args.title)
     elif args.command == "per-class":
-        plot_per_class(_split_pairs(args.per_class, "--per-class"), args.out, args.title)
+        plot_per_class(split_pairs(args.per_class, "--per-class"), args.out, args.title)
     elif args.command == "wsol-boxes":
-        boxes, maps = _split_pairs(args.boxes, "--boxes"), _split_pairs(args.maps, "--maps")
+        boxes, maps = split_pairs(args.boxes, "--boxes"), split_pairs(args.maps, "--maps")
         if [name for name, _ in boxes] != [name for name, _ in maps]:
             raise SystemExit("report_figures wsol-boxes: --boxes and --maps must name the same experiments in order")
         render_wsol_boxes(args.manifest, boxes, maps, args.out, max(1, args.count))

@@ -1,4 +1,4 @@
-"""Saliency maps of one shard of a split from a trained saliency network, into HDF5 (METHODS §4).
+"""Saliency maps of one shard of a split from a trained saliency network, into HDF5 (docs/methods.md §4).
 
 Per image: ``saliency`` (H, W) float16 in [0, 1] and ``saliency_mask`` (H, W) uint8, the
 pseudo-saliency mask (saliency > ``--mask-threshold`` (0.2), refined by a 2-label dCRF: 10

@@ -5,7 +5,7 @@ Each image keeps the seeds' ``cam``, ``cam_stride4`` and ``keys`` as they are an
 ``saliency_mask`` (0/1; P-NOC evaluates C²AM-H by its dCRF-refined binary masks) or its map
 ``saliency`` (P-NOC's choice for the refinement network's output). Downstream this file is a seeds entry like any other, with two differences
 the workflow passes on: its evaluation takes 1 − saliency as each pixel's background score
-(`wsss_steps.evaluate --saliency-background`, P-NOC's way of scoring saliency), and its affinity
+(`wsss_steps.evaluate_masks --saliency-background`, P-NOC's way of scoring saliency), and its affinity
 labels follow P-NOC's saliency-aware rule (`wsss_steps.affinity_labels --saliency`, this file).
 The random walk propagates the same seeds.
 

@@ -2,8 +2,8 @@
 
 Methods (``--method``):
 
-- ``cam``: multi-scale + flip CAMs (METHODS §1, `wsss_steps.methods.cams`);
-- ``advcam``: CAMs of anti-adversarially climbed images (METHODS §2, `wsss_steps.methods.advcam`,
+- ``cam``: multi-scale + flip CAMs (docs/methods.md §1, `wsss_steps.methods.cams`);
+- ``advcam``: CAMs of anti-adversarially climbed images (docs/methods.md §2, `wsss_steps.methods.advcam`,
   whose docstring lists every option and the reference code's differences);
 - ``advcam_sal``: AdvCAM restricted by a saliency map's background (``--saliency``, required).
 
@@ -51,7 +51,7 @@ from wsss_steps.store.shards import write_seed_shard
 log = logging.getLogger(__name__)
 
 METHODS = ("cam", "advcam", "advcam_sal")
-CAM_SCALES = (1.0, 0.5, 1.5, 2.0)  # METHODS §1 (IRN's and AdvCAM's test scales)
+CAM_SCALES = (1.0, 0.5, 1.5, 2.0)  # docs/methods.md §1 (IRN's and AdvCAM's test scales)
 ADVCAM_FIELDS = ("steps", "step_size", "penalty_weight", "mask_threshold", "flip", "other_classes",
                  "logits", "attribution", "penalty_scale", "merge_flips_in_loss", "grad_normalization",
                  "clamp_to_input_range", "small_scale_schedule", "batch_budget", "batch_pixels",

@@ -1,4 +1,4 @@
-"""Trains a CAM classifier (METHODS §1; ``--variant``: `wsss_steps.training.classification`).
+"""Trains a CAM classifier (docs/methods.md §1; ``--variant``: `wsss_steps.training.classification`).
 
 Multi-label soft-margin loss on GAP logits (``--loss softmax``: cross-entropy over the image's one
 class, for WSOL); SGD with momentum 0.9, the 1×1 classifier head at
@@ -99,7 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the ordinary classifier (.pt) of oc_cse and p_oc (frozen) and p_noc (trained "
                      "adversarially from it); its classes must be the manifest's")
     defaults = VariantSettings()
-    variant = parser.add_argument_group("variant settings (METHODS §3; each variant reads its own)")
+    variant = parser.add_argument_group("variant settings (docs/methods.md §3; each variant reads its own)")
     variant.add_argument("--loss", choices=("multilabel", "softmax"), default=defaults.loss,
                          help="multi-label soft margin (WSSS) or softmax cross-entropy over the image's one "
                          "class (WSOL; variant cam only) (default: %(default)s)")
@@ -121,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     variant.add_argument("--noc-lambda", type=float, nargs=2, metavar=("FROM", "TO"),
                          default=defaults.noc_lambda, help="λ_noc, linear over training (default: 0.0 1.0)")
     variant.add_argument("--noc-mask", choices=("reference_code", "methods_formula"), default=defaults.noc_mask,
-                         help="erase ψ > δ (P-NOC's code) or ψ ≥ 1 − δ (METHODS §3 as written) "
+                         help="erase ψ > δ (P-NOC's code) or ψ ≥ 1 − δ (docs/methods.md §3 as written) "
                          "(default: %(default)s)")
     train = parser.add_argument_group("training")
     train.add_argument("--epochs", type=int, default=5, help="(default: %(default)s)")

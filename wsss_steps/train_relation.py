@@ -1,4 +1,4 @@
-"""Trains IRN's inter-pixel relation (boundary) branch from affinity labels (METHODS §5).
+"""Trains IRN's inter-pixel relation (boundary) branch from affinity labels (docs/methods.md §5).
 
 The backbone is frozen (eval mode, no gradient); only the boundary branch learns
 (`wsss_steps.networks.relation.RelationNet`). As in IRN (``net/resnet50_irn.py``: an
@@ -7,7 +7,7 @@ an ImageNet backbone, by default at output stride 16, whose pretrained weights c
 ``--backbone-weights`` or the local cache (never a download). ``--backbone classifier`` reads the
 trained classifier's backbone instead (the project's earlier design); on the default dataset the
 random-init classifier's features, learnt for image labels, mark object boundaries poorly and the
-walk spreads seeds over the background (README, "Pseudo masks", has the measurement).
+walk spreads seeds over the background (docs/results.md, "Pseudo masks on the earlier default data", has the measurement).
 
 Each sample: the image and its ``affinity_label`` map are randomly rescaled by a factor in
 ``--rescale`` (0.5–1.5), flipped and cropped to ``--crop`` (label padding 255), the label is taken at stride 4 (every 4th pixel: the

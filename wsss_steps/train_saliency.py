@@ -1,4 +1,4 @@
-"""Trains a class-agnostic saliency network (METHODS §4; `wsss_steps.methods.saliency`).
+"""Trains a class-agnostic saliency network (docs/methods.md §4; `wsss_steps.methods.saliency`).
 
 Methods (``--method``):
 
@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="ImageNet init of the backbone (default: yes)")
     net.add_argument("--output-stride", type=int, choices=OUTPUT_STRIDES, default=16, help="(default: %(default)s)")
     net.add_argument("--head-kernel", type=int, choices=(1, 3), default=3,
-                     help="C²AM head convolution: 3 (reference code) or 1 (METHODS §4) (default: %(default)s)")
+                     help="C²AM head convolution: 3 (reference code) or 1 (docs/methods.md §4) (default: %(default)s)")
     net.add_argument("--width", type=int, default=256, help="refined: DeepLabV3+ channels (default: %(default)s)")
     net.add_argument("--freeze-bn", action=argparse.BooleanOptionalAction, default=False,
                      help="keep the backbone's BatchNorm statistics fixed (default: no)")

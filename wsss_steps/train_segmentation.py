@@ -1,4 +1,4 @@
-"""Trains the segmentation network on pseudo masks, or on ground-truth masks (METHODS §6).
+"""Trains the segmentation network on pseudo masks, or on ground-truth masks (docs/methods.md §6).
 
 Masks: ``--masks FILE`` reads each image's ``mask`` (0 = background, k + 1 = class k, 255 =
 ignore) from a pseudo-mask HDF5 file (`wsss_steps.pseudo_masks`); ``--ground-truth`` reads the

@@ -1,4 +1,4 @@
-"""Trains the weight-map generator g (METHODS §8; `wsss_steps.methods.weight_map`) against a frozen
+"""Trains the weight-map generator g (docs/methods.md §8; `wsss_steps.methods.weight_map`) against a frozen
 f and keeps the epoch the early-stopping score S chooses.
 
 Method I (``--method i``, the default): f is the classifier; loss CE(f(I), f(I ⊙ g(I))) +
@@ -10,9 +10,9 @@ in ``<checkpoint-dir>/embedding``), then frozen; g is trained with L_inner + L_o
 ``--val-manifest`` images give S (label-free) and, where those images have boxes, the GT-known
 accuracy of the paper's box (max/10, largest contour), a diagnostic that is never used for the
 choice. ``--out`` is the generator of the epoch with the highest mean S; its metadata records every
-epoch's scores and the chosen epoch.
+epoch's scores and the chosen epoch. The training loops: `wsss_steps.training.weight_map`.
 
-METHODS gives no optimiser for g: Adam (lr 1e-4, poly decay) is this project's choice, as is the
+The method notes (docs/methods.md) give no optimiser for g: Adam (lr 1e-4, poly decay) is this project's choice, as is the
 encoder (EfficientNet-Lite0, ImageNet; the paper's ResNet is not in this environment offline).
 
 Example::
@@ -25,16 +25,10 @@ Example::
 from __future__ import annotations
 
 import argparse
-import copy
-import dataclasses
 import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
-import torch.nn.functional as F
 
 from wsss_steps.cli import (
     add_checkpoint_arguments,
@@ -45,27 +39,13 @@ from wsss_steps.cli import (
     step_parser,
 )
 from wsss_steps.data.manifest import Manifest, read_manifest
-from wsss_steps.methods.boxes import box_iou
-from wsss_steps.methods.weight_map import (
-    BOX_FRACTION,
-    TRIPLET_MARGIN,
-    box_mass_score,
-    early_stopping_epoch,
-    predict_weight_map,
-    weight_map_box,
-    weight_map_loss,
-    weight_map_triplet_loss,
-)
-from wsss_steps.networks.io import load_classifier, load_weights_file, model_identity
-from wsss_steps.networks.weight_map import (
-    ImageEmbedding,
-    build_weight_map_generator,
-    save_weight_map_generator,
-)
+from wsss_steps.methods.weight_map import BOX_FRACTION, TRIPLET_MARGIN
+from wsss_steps.networks.io import load_classifier, model_identity
+from wsss_steps.networks.weight_map import save_weight_map_generator
 from wsss_steps.training.augment import TrainAugmentation
 from wsss_steps.training.classification import ClassificationDataset, TripletDataset
-from wsss_steps.training.loop import LoopSettings, Trainee, set_bn_frozen, train
 from wsss_steps.training.schedules import POLY_POWER
+from wsss_steps.training.weight_map import StaleEpochFile, WeightMapRecipe, train_weight_map
 
 log = logging.getLogger(__name__)
 
@@ -164,49 +144,6 @@ def embedding_settings(args: argparse.Namespace, manifest: Manifest, classifier_
             "freeze_bn": bool(args.freeze_bn), "train_digest": manifest.content_digest()}
 
 
-def train_embedding(args: argparse.Namespace, classifier: torch.nn.Module, triplets: TripletDataset,
-                    plan: LoopSettings, settings: dict[str, Any]) -> ImageEmbedding:
-    """Method II's f: the classifier's backbone trained with the triplet loss, then frozen."""
-    embedding = ImageEmbedding(copy.deepcopy(classifier.backbone)).to(plan.device)
-    embedding.requires_grad_(True)
-    optimizer = torch.optim.Adam(embedding.parameters(), lr=args.embedding_lr)
-
-    def train_mode() -> None:
-        embedding.train()
-        if args.freeze_bn:
-            set_bn_frozen(embedding.backbone)
-
-    def step(batch: Sequence[torch.Tensor], global_step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        anchors, positives, negatives = (embedding(t.to(plan.device, non_blocking=True)) for t in batch)
-        return F.triplet_margin_loss(anchors, positives, negatives, margin=args.margin), {}
-
-    trainee = Trainee(embedding, optimizer, [args.embedding_lr], triplets, step, train_mode=train_mode)
-    outcome = train(trainee, dataclasses.replace(
-        plan, name="train_weight_map embedding", epochs=args.embedding_epochs, settings=settings,
-        checkpoint_dir=args.checkpoint_dir / "embedding", stop_after_epochs=None, keep_epoch_weights=False,
-        metrics_path=None, metric_columns=("epoch", "step", "lr", "loss", "seconds")))
-    log.info("method II: f trained with the triplet loss, last epoch's mean loss %s",
-             outcome.history[-1]["loss"] if outcome.history else "(resumed, already complete)")
-    embedding.requires_grad_(False)
-    return embedding.eval()
-
-
-def score_epoch(generator: torch.nn.Module, dataset: ClassificationDataset, device: torch.device
-                ) -> tuple[float, float]:
-    """Mean S over the dataset's images and the GT-known accuracy of the maps' boxes (NaN without boxes)."""
-    generator.eval()
-    scores, hits, scored = [], 0, 0
-    for index, record in enumerate(dataset.manifest.records):
-        image, _, _ = dataset[index]
-        weight_map = predict_weight_map(generator, image.to(device))
-        scores.append(box_mass_score(weight_map))
-        gt = [tuple(b)[1:] for b in record.boxes if b.label in record.labels]
-        if gt:
-            scored += 1
-            hits += float(box_iou(weight_map_box(weight_map)[None], np.array(gt)).max()) >= 0.5
-    return float(np.mean(scores)), (hits / scored if scored else float("nan"))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _check_args(args)
@@ -225,59 +162,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     augmentation = TrainAugmentation(tuple(args.resize_long), args.crop, flip=True)
     if args.method == "ii":
         try:
-            dataset: Any = TripletDataset(manifest, augmentation, args.seed)
+            dataset: ClassificationDataset | TripletDataset = TripletDataset(manifest, augmentation, args.seed)
         except ValueError as error:
             raise SystemExit(f"train_weight_map: method ii: {error}") from error
-        embedding = train_embedding(args, classifier, dataset, plan, settings["embedding"])
     else:
         dataset = ClassificationDataset(manifest, augmentation, args.seed)
-    torch.manual_seed(args.seed)
-    generator = build_weight_map_generator(args.backbone, args.pretrained, args.backbone_weights).to(device)
-    optimizer = torch.optim.Adam(generator.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     val_set = ClassificationDataset(val_manifest)
+    recipe = WeightMapRecipe(
+        method=args.method, backbone=args.backbone, pretrained=args.pretrained, backbone_weights=args.backbone_weights,
+        freeze_bn=args.freeze_bn, l1_weight=args.l1_weight, lr=args.lr, weight_decay=args.weight_decay,
+        margin=args.margin, embedding_epochs=args.embedding_epochs, embedding_lr=args.embedding_lr)
     log.info("training the weight-map generator (method %s, %s encoder) against %s on %d images, S on %d images, "
              "%d epochs, device %s", args.method.upper(), args.backbone, args.classifier, len(dataset), len(val_set),
              args.epochs, device)
-
-    def train_mode() -> None:
-        generator.train()
-        if args.freeze_bn:
-            set_bn_frozen(generator.encoder)
-
-    def step(batch: tuple[torch.Tensor, ...], global_step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        if args.method == "ii":
-            anchors, positives, negatives = (t.to(device, non_blocking=True) for t in batch)
-            return weight_map_triplet_loss(embedding, generator, anchors, positives, negatives, args.l1_weight,
-                                           args.margin)
-        images = batch[0].to(device, non_blocking=True)
-        return weight_map_loss(classifier, generator, images, args.l1_weight)
-
-    def validate(epoch: int) -> dict[str, Any]:
-        score, gt_known = score_epoch(generator, val_set, device)
-        return {"val_score": f"{score:.6g}", "val_gt_known": "" if np.isnan(gt_known) else f"{gt_known:.6g}"}
-
-    trainee = Trainee(generator, optimizer, [args.lr], dataset, step, train_mode=train_mode, validate=validate)
-    outcome = train(trainee, plan)
-    if not outcome.finished:
+    try:
+        outcome = train_weight_map(classifier, dataset, val_set, plan, recipe, settings.get("embedding"))
+    except StaleEpochFile as error:
+        raise SystemExit(f"train_weight_map: {error}") from error
+    if outcome.chosen_epoch is None:
         return 0
-    scores = [float(row["val_score"]) for row in outcome.history]
-    chosen = early_stopping_epoch(scores)
-    epoch_file = args.checkpoint_dir / f"epoch-{chosen:03d}.pt"
-    state = load_weights_file(epoch_file, "weight-map epoch checkpoint")
-    if state.get("settings_hash") != outcome.settings_hash:
-        raise SystemExit(f"train_weight_map: {epoch_file} was written with other settings; delete the folder")
-    generator.load_state_dict(state["model"])
+    chosen, history = outcome.chosen_epoch, outcome.result.history
     per_epoch = [{"epoch": int(row["epoch"]), "score": float(row["val_score"]),
                   "gt_known": float(row["val_gt_known"]) if row.get("val_gt_known") else None}
-                 for row in outcome.history]
+                 for row in history]
     meta = {"dataset": args.dataset or manifest.dataset, "name": args.name, "training": settings,
-            "settings_hash": outcome.settings_hash, "epochs_trained": args.epochs, "chosen_epoch": chosen,
+            "settings_hash": outcome.result.settings_hash, "epochs_trained": args.epochs, "chosen_epoch": chosen,
             "per_epoch": per_epoch, "class_names": list(manifest.class_names), "method": args.method}
-    save_weight_map_generator(args.out, generator.cpu().eval(), meta)
+    save_weight_map_generator(args.out, outcome.generator.cpu().eval(), meta)
     log.info("early stopping: epoch %d of %d has the highest mean S (%.4f); wrote %s", chosen, args.epochs,
-             scores[chosen - 1], args.out)
+             outcome.scores[chosen - 1], args.out)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -1,4 +1,4 @@
-"""Weight maps of one shard of a split into HDF5 (METHODS §8): the generator g's map of every
+"""Weight maps of one shard of a split into HDF5 (docs/methods.md §8): the generator g's map of every
 image at its own size, ``weight_map`` (H, W) in (0, 1), class-agnostic (`evaluate_wsol` boxes it).
 
 Example::

@@ -1,5 +1,5 @@
 """Writes the WSOL images of a split: its images with exactly one class and a box of that class
-(METHODS §8: localisation scores one object class per image; on MSRC, its "single-object" split).
+(docs/methods.md §8: localisation scores one object class per image; on MSRC, its "single-object" split).
 
 The images left out are counted in the log, by reason, with their first ids; a split left without
 any image is refused. ``--images all`` keeps every image and refuses the split where one has

@@ -23,7 +23,7 @@ The scenes are built to show the problem WSSS methods address, not to be easy:
 - half the objects (``part_prob`` 0.5) hide their part, and then only their body (shape and a
   class-specific texture of contrast ``texture_strength`` 0.3, in shared colours) tells the class:
   the classifier has to learn bodies too, so its CAMs' precision and recall come near those on
-  real photos (MSRC-v2, `diagnostics/evidence_profile.py`; README, "The default dataset");
+  real photos (MSRC-v2, `diagnostics/evidence_profile.py`; docs/datasets.md, "The default generated dataset");
 - objects are scaled, rotated, mirrored, overlap (later ones occlude earlier ones; masks and boxes
   follow what is visible) and may be cut by the image border; masks carry a ~2 px void band along
   every instance boundary, as VOC masks do.

@@ -5,7 +5,8 @@ On disk: ``classes.txt`` (foreground class names, one a line; mask value = line 
 a ``boxes`` column only where the dataset has boxes). Labels and boxes name classes by their 0-based
 index (``label_ids`` "0 14", boxes "14 x_min y_min x_max y_max;…"): COCO's names hold spaces
 ("traffic light"), so a name is never parsed back; ``label_names`` ("person|traffic light") is for
-people reading the file. The adapters (`wsss_steps.data.adapters`) write it.
+people reading the file. `wsss_steps.data.manifest_builder` builds it from a dataset's adapter
+(`wsss_steps.data.adapters`).
 ``digest`` is the sha256 of the image file's and the mask file's bytes: `Manifest.content_digest`
 folds every record into the split's identity, so a model or map records which pixels it saw.
 """

@@ -2,8 +2,8 @@
 
 At threshold t an image's label map is the argmax over [t, maps] (ties go to background), its
 classes being the map's ``keys``; the confusion matrix over background + C classes sums over all
-images, ignoring ground-truth 255 (METHODS section 7). With ``--crf`` (stage ``seeds_crf``) each
-label map is refined by the dCRF of METHODS section 5 (IRN_CRF) before it is counted.
+images, ignoring ground-truth 255 (docs/methods.md §7). With ``--crf`` (stage ``seeds_crf``) each
+label map is refined by the dCRF of docs/methods.md §5 (IRN_CRF) before it is counted.
 
 Every image of the manifest must have maps, a readable mask and matching sizes: anything else is an
 error naming the image and file. Scores are fractions in [0, 1] (not percent).
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = ("dataset", "stage", "method", "classifier", "split", "metric", "value")
 PER_CLASS_SCORES = ("iou", "precision", "recall", "fp_rate", "fn_rate")
-DEFAULT_THRESHOLDS = (0.05, 0.80, 0.05)  # P-NOC's sweep (METHODS section 7)
+DEFAULT_THRESHOLDS = (0.05, 0.80, 0.05)  # P-NOC's sweep (docs/methods.md §7)
 
 
 class EvaluationError(RuntimeError):

@@ -2,7 +2,7 @@
 
 Confusion matrices have ground truth on the rows and prediction on the columns, over background
 (0) and the C foreground classes (1..C); ground-truth pixels equal to ``ignore`` (255) are left
-out (METHODS section 7). Per-class scores accept one matrix (L, L) or a stack (..., L, L) and give
+out (docs/methods.md §7). Per-class scores accept one matrix (L, L) or a stack (..., L, L) and give
 NaN for a class whose denominator is 0 (e.g. IoU of a class absent from both ground truth and
 prediction); means are nanmeans over classes.
 """
@@ -166,13 +166,13 @@ def recall_per_class(cm: np.ndarray) -> np.ndarray:
 
 
 def fp_rate_per_class(cm: np.ndarray) -> np.ndarray:
-    """FP / (TP + FP + FN) (METHODS section 7); IoU + fp_rate + fn_rate = 1."""
+    """FP / (TP + FP + FN) (docs/methods.md §7); IoU + fp_rate + fn_rate = 1."""
     tp, fp, fn = _counts(cm)
     return _ratio(fp, tp + fp + fn)
 
 
 def fn_rate_per_class(cm: np.ndarray) -> np.ndarray:
-    """FN / (TP + FP + FN) (METHODS section 7)."""
+    """FN / (TP + FP + FN) (docs/methods.md §7)."""
     tp, fp, fn = _counts(cm)
     return _ratio(fn, tp + fp + fn)
 

@@ -1,4 +1,4 @@
-"""Class-agnostic saliency scores against the ground truth's foreground (METHODS §4).
+"""Class-agnostic saliency scores against the ground truth's foreground (docs/methods.md §4).
 
 Foreground is mask > 0, 255 is ignored. For each threshold t the prediction is map > t; true and
 false positives and false negatives are summed over all images (dataset-level, as the mIoU of the

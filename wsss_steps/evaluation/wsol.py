@@ -1,4 +1,4 @@
-"""Weakly supervised object localisation (METHODS §8): the metrics
+"""Weakly supervised object localisation (docs/methods.md §8): the metrics
 GT-known Loc, Top-1 Loc, MaxBoxAcc, MaxBoxAccV2 and PxAP, accumulated image by image.
 
 The protocol follows wsolevaluation (Choe et al., CVPR 2020); the boxes are

@@ -1,4 +1,4 @@
-"""AdvCAM and AdvCAM-Sal seeds: CAMs of anti-adversarially climbed images (METHODS §2).
+"""AdvCAM and AdvCAM-Sal seeds: CAMs of anti-adversarially climbed images (docs/methods.md §2).
 
 For every label class c of an image, independently, start from the clean image x⁰ (and from its
 horizontal flip) and climb for t = 1..T::
@@ -38,7 +38,7 @@ them all on:
   gradient entries).
 - ``penalty_scale``: that factor (≈ 1/(n D⁺_c) with n = 2 samples per climb with flip, else 1:
   about 1/2000 for ResNet-50, 1/1300 for EfficientNet-Lite0) is the scale λ = 7 was tuned against
-  (METHODS §2). ``reference`` (default) keeps it: the penalty enters L as λ/(n D⁺_c) · ‖M ⊙ |A − A⁰|‖₁,
+  (docs/methods.md §2). ``reference`` (default) keeps it: the penalty enters L as λ/(n D⁺_c) · ‖M ⊙ |A − A⁰|‖₁,
   so λ = 7 balances the logit term and the penalty as in the paper (`penalty_logit_ratio` at the
   first penalised step equals the reference code's with the paper's logits; tests/test_advcam.py)
   while the maps stay Σ_t ReLU(CAM^t) and T = 0 gives the CAM seeds. ``none`` puts λ on the raw
@@ -374,7 +374,7 @@ def penalty_logit_ratio(model: CamClassifier, image: torch.Tensor, cls: int, con
                         keys: Sequence[int] | None = None) -> float:
     """max|∇_x λ·penalty| / max|∇_x logit term| at the first step where the penalty acts (t = 2).
 
-    The balance of L's two terms, which λ sets and the attribution's scale changes (METHODS §2):
+    The balance of L's two terms, which λ sets and the attribution's scale changes (docs/methods.md §2):
     one climbing step from the clean image (the image alone; a flip would be climbed alike), then
     both gradients at x¹. ``image``
     (1, 3, H, W) normalised; ``keys`` the image's labels (default: ``cls`` only).

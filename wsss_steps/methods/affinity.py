@@ -1,4 +1,4 @@
-"""Affinity labels for the inter-pixel relation network (METHODS §5), one shard of a split → HDF5.
+"""Affinity labels for the inter-pixel relation network (docs/methods.md §5), one shard of a split → HDF5.
 
 Each image gets ``affinity_label`` (H, W) uint8: 0 = background, k + 1 = class k (mask numbering),
 255 = uncertain (no pair touching it is trained on).
@@ -16,7 +16,7 @@ P-NOC's saliency-aware rule (``--saliency sal.h5``, groups holding ``saliency`` 
 salient = 1[saliency > ``sal_bg_threshold``] cleaned by a 2-label dCRF; a class where its seed
 beats ``sal_fg_threshold`` (argmax of the seeds padded with it) inside the salient region, then
 dCRF over 0..K; label = that class; salient but no class → 255; neither → 0. P-NOC's code keeps
-``sal > threshold`` as salient, so background is ``saliency ≤ 0.10`` (METHODS: "< 0.10").
+``sal > threshold`` as salient, so background is ``saliency ≤ 0.10`` (docs/methods.md §5: "< 0.10").
 """
 from __future__ import annotations
 

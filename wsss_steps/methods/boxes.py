@@ -1,6 +1,6 @@
-"""Boxes from a localisation map (METHODS §8), as wsolevaluation (Choe et al., CVPR 2020) makes them.
+"""Boxes from a localisation map (docs/methods.md §8), as wsolevaluation (Choe et al., CVPR 2020) makes them.
 
-A map is normalised to [0, 1] (negative values to 0, then division by the maximum: ψ of METHODS
+A map is normalised to [0, 1] (negative values to 0, then division by the maximum: ψ of docs/methods.md
 and the weight-map paper's "max/10"; wsolevaluation subtracts the minimum first, the same wherever
 a map has a zero). At a threshold t the map, as 8-bit grey values, is binarised where it exceeds
 t × its maximum (OpenCV's THRESH_BINARY), its contours are found (RETR_TREE), and the bounding box

@@ -1,4 +1,4 @@
-"""Multi-scale + flip CAM inference (METHODS §1), the one implementation all seed methods use.
+"""Multi-scale + flip CAM inference (docs/methods.md §1), the one implementation all seed methods use.
 
 For each scale the image is resized, run with its horizontal flip, the maps of the label classes
 are ReLU'd, un-flipped and summed, resized to the image size and to stride 4 (the random walk's

@@ -1,8 +1,8 @@
 """Dense CRF (pydensecrf): the one implementation the project uses.
 
 Two entry points: `crf_from_labels` refines a hard label map (IRN's ``crf_inference_label``, for
-seeds and affinity labels, METHODS section 5) and `crf_from_probs` refines class probabilities
-(DeepLab's test-time CRF, METHODS section 6). Other settings (e.g. P-NOC's 1-iteration pseudo-mask
+seeds and affinity labels, docs/methods.md §5) and `crf_from_probs` refines class probabilities
+(DeepLab's test-time CRF, docs/methods.md §6). Other settings (e.g. P-NOC's 1-iteration pseudo-mask
 CRF with gt_prob 0.9) are ``dataclasses.replace(IRN_CRF, iterations=1, gt_prob=0.9)``.
 """
 
@@ -43,10 +43,10 @@ class CrfSettings:
                 raise ValueError(f"CRF {name} must be > 0, not {getattr(self, name)}")
 
 
-# METHODS section 5: seeds and affinity labels (IRN).
+# docs/methods.md §5: seeds and affinity labels (IRN).
 IRN_CRF = CrfSettings(iterations=10, gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=50,
                       bilateral_srgb=5, bilateral_compat=10, gt_prob=0.7)
-# METHODS section 6: DeepLab's test-time CRF on the segmentation network's probabilities.
+# docs/methods.md §6: DeepLab's test-time CRF on the segmentation network's probabilities.
 DEEPLAB_CRF = CrfSettings(iterations=10, gaussian_sxy=1, gaussian_compat=3, bilateral_sxy=67,
                           bilateral_srgb=3, bilateral_compat=4)
 

@@ -1,4 +1,4 @@
-"""The tensor operations of the classifier variants (METHODS §3): Puzzle-CAM's tiles and their
+"""The tensor operations of the classifier variants (docs/methods.md §3): Puzzle-CAM's tiles and their
 merge, OC-CSE's choice of one positive class and its soft erasure, P-NOC's hard erasure, and label
 smoothing. Pure functions of tensors; the losses that use them are `wsss_steps.training.variants`.
 """
@@ -68,7 +68,7 @@ def hard_erasure_mask(cams: torch.Tensor, chosen: torch.Tensor, size: tuple[int,
                       rule: str = "reference_code") -> torch.Tensor:
     """P-NOC's erased region, (B, 1, H, W) in {0, 1}, on the per-image max-normalised ψ(A_r).
     ``reference_code``: ψ > δ (P-NOC's code: everything above δ_noc = 0.2 is erased);
-    ``methods_formula``: the complement of 1[1 − ψ > δ] as METHODS §3 writes it (only ψ ≥ 1 − δ)."""
+    ``methods_formula``: the complement of 1[1 − ψ > δ] as docs/methods.md §3 writes it (only ψ ≥ 1 − δ)."""
     with torch.no_grad():
         resized = chosen_class_map(cams, chosen, size, relu_first=True)
         normalised = resized / (F.adaptive_max_pool2d(resized, 1) + 1e-5)

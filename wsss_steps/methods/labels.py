@@ -1,4 +1,4 @@
-"""Label maps from per-class score maps: the argmax over [background score, maps] of METHODS §7.
+"""Label maps from per-class score maps: the argmax over [background score, maps] of docs/methods.md §7.
 
 Seeds, affinity labels, random-walk pseudo labels and their evaluation all turn maps (K, H, W) of an
 image's K label classes (``keys``) into labels the same way: a pixel takes its best class where that

@@ -1,9 +1,9 @@
-"""Pseudo masks from the random walk's scores, optionally refined by dCRF (METHODS §5), into HDF5.
+"""Pseudo masks from the random walk's scores, optionally refined by dCRF (docs/methods.md §5), into HDF5.
 
 Per image: the label map at the background threshold (argmax of [threshold, ``cam``], ties to
 background; by default the ``pseudo_label`` the walk stored at its ``sem_seg_bg_thres``), with
 ``--crf`` refined by dCRF on the compact labels 0..K (P-NOC: 1 iteration, gt_prob 0.9; the other
-kernel settings are METHODS §5's, `wsss_steps.methods.crf.IRN_CRF`).
+kernel settings are docs/methods.md §5's, `wsss_steps.methods.crf.IRN_CRF`).
 
 Output groups hold ``mask`` (H, W) uint8 in mask numbering (0 = background, k + 1 = class k),
 ``mask_onehot`` (K, H, W) uint8 (1 where ``mask`` is the key's class) and ``keys``. The one-hot

@@ -1,5 +1,5 @@
 """IRN's random walk from the relation network's boundary map, computed exactly without the dense
-transition matrix (METHODS §5).
+transition matrix (docs/methods.md §5).
 
 What IRN computes (``misc/indexing.py`` ``propagate_to_edge`` and ``step/make_sem_seg_labels.py``),
 on the stride-4 grid of N = h·w pixels:
@@ -25,7 +25,7 @@ in O(256 · 69 · N · K) operations and O(69 · N) memory, instead of the dense
 `dense_random_walk` is that dense reference, kept for tests and the benchmark.
 
 Background padding. The issue text says IRN pads the background before the walk; IRN's code
-(and AdvCAM's and P-NOC's copies, and METHODS §5's wording) pads it afterwards, on the normalised,
+(and AdvCAM's and P-NOC's copies, and docs/methods.md §5's wording) pads it afterwards, on the normalised,
 upsampled scores; that is what is done here. The walk therefore moves the K class channels only,
 and the stored ``cam`` maps (K, H, W) (scores / global max) can be swept over background
 thresholds by `wsss_steps.evaluation.masks` as seeds are.
@@ -34,7 +34,7 @@ Step output per image: ``cam`` (K, H, W) float16 (propagated scores / global max
 ``pseudo_label`` (H, W) uint8 at ``--sem-seg-bg-thres`` (mask numbering), ``boundary`` (h, w)
 float16 (the relation network's B, for inspection). ``--boundary ground-truth`` (no
 ``--relation``) walks on a boundary drawn from the ground-truth masks instead: the ceiling a perfect
-relation network would reach from the same seeds (README, "Pseudo masks"); a diagnostic only.
+relation network would reach from the same seeds (docs/results.md, "Pseudo masks on the earlier default data"); a diagnostic only.
 """
 from __future__ import annotations
 

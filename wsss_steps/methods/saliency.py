@@ -1,4 +1,4 @@
-"""C²AM and C²AM-H class-agnostic saliency (METHODS §4) and the pseudo-saliency masks made from it.
+"""C²AM and C²AM-H class-agnostic saliency (docs/methods.md §4) and the pseudo-saliency masks made from it.
 
 C²AM (unsupervised): a head on the backbone features F gives the foreground probability P; per
 image, foreground and background representations v^f = Σ P·F and v^b = Σ (1−P)·F (any positive

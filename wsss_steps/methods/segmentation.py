@@ -1,4 +1,4 @@
-"""Segmentation inference (METHODS §6): multi-scale + flip, dCRF, HDF5 and VOC palette PNGs.
+"""Segmentation inference (docs/methods.md §6): multi-scale + flip, dCRF, HDF5 and VOC palette PNGs.
 
 Per image: for each scale the image is resized (bicubic), run with its horizontal flip, the
 logits are resized back to the image size and turned into probabilities (softmax over background
@@ -28,7 +28,7 @@ from wsss_steps.networks.segmentation import SegmentationNet
 log = logging.getLogger("wsss_steps.segment")
 
 STAGE = "segmentation"
-DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # METHODS §6
+DEFAULT_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5)  # docs/methods.md §6
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The weight-map method (METHODS §8, method I: Shaharabany & Wolf): its loss, its box and the
+"""The weight-map method (docs/methods.md §8, method I: Shaharabany & Wolf): its loss, its box and the
 early-stopping score S that chooses the generator's epoch.
 
 - Loss: CE(f(I), f(I ⊙ g(I))) + λ‖g(I)‖₁ with f frozen: the cross-entropy of f's class
@@ -30,7 +30,7 @@ from torch import nn
 
 from wsss_steps.methods.boxes import binarize, boxes_from_map, normalize_map
 
-BOX_FRACTION = 0.1  # weights below max/10 are zeroed before the box (METHODS §8)
+BOX_FRACTION = 0.1  # weights below max/10 are zeroed before the box (docs/methods.md §8)
 
 
 def weight_map_loss(classifier: nn.Module, generator: nn.Module, images: torch.Tensor, l1_weight: float = 1.0
@@ -45,7 +45,7 @@ def weight_map_loss(classifier: nn.Module, generator: nn.Module, images: torch.T
     return ce + l1_weight * l1, {"ce": ce.item(), "l1": l1.item()}
 
 
-TRIPLET_MARGIN = 1.0  # METHODS §8, method II
+TRIPLET_MARGIN = 1.0  # docs/methods.md §8, method II
 
 
 def weight_map_triplet_loss(embedding: nn.Module, generator: nn.Module, anchors: torch.Tensor,

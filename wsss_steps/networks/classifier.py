@@ -1,4 +1,4 @@
-"""The CAM classifier of METHODS §1: backbone → GAP → 1×1 conv without bias.
+"""The CAM classifier of docs/methods.md §1: backbone → GAP → 1×1 conv without bias.
 
 Logits = classifier(GAP(F)) = GAP(classifier(F)), so CAM_c is the 1×1 conv applied to the
 feature map F, with no rescaling. Everything downstream (CAM seeds, AdvCAM, WSOL) reads maps

@@ -1,4 +1,4 @@
-"""IRN's inter-pixel relation (class boundary) branch and the affinities it defines (METHODS §5).
+"""IRN's inter-pixel relation (class boundary) branch and the affinities it defines (docs/methods.md §5).
 
 The network reads frozen backbone features from several stages; each goes through a 1×1 conv and
 GroupNorm, is resized to stride 4 and ReLU'd (IRN's order: conv, GN, upsample, ReLU), and a last
@@ -151,7 +151,7 @@ def pair_labels(labels: torch.Tensor, index: PathIndex) -> tuple[torch.Tensor, t
     """Pair targets (B, D, h, w) bool from label maps (B, h, w) (0 = bg, 1.. = class, 255 = ignore).
 
     Returns (bg_pos, fg_pos, neg): same label and background; same label and a class; different
-    labels. Pairs touching 255 or leaving the map are in none of them (METHODS §5).
+    labels. Pairs touching 255 or leaving the map are in none of them (docs/methods.md §5).
     """
     batch, height, width = labels.shape
     labels = labels.long()

@@ -1,9 +1,9 @@
-"""Class-agnostic saliency networks (METHODS §4): one foreground logit per pixel.
+"""Class-agnostic saliency networks (docs/methods.md §4): one foreground logit per pixel.
 
 - ``c2am`` (C²AM, C²AM-H): the backbone's last two stages (resized to the last one's grid and
   concatenated) are the features F; a ``head_kernel`` × ``head_kernel`` convolution without bias
   and a one-channel BatchNorm give the logit, P = sigmoid. The reference code (CCAM, P-NOC) uses a
-  3 × 3 kernel with BatchNorm (the default); METHODS §4 writes a 1 × 1 convolution
+  3 × 3 kernel with BatchNorm (the default); docs/methods.md §4 writes a 1 × 1 convolution
   (``head_kernel`` 1). ``flip_polarity`` (set after training, `methods.saliency`) makes the
   saliency 1 − P (or the negated logit).
 - ``deeplabv3plus`` (the refinement network, PoolNet's role): DeepLabV3+'s ASPP and stride-4

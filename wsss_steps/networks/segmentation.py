@@ -1,4 +1,4 @@
-"""Segmentation networks (METHODS §6): DeepLab-v2 and DeepLabV3+ heads on the project's backbones.
+"""Segmentation networks (docs/methods.md §6): DeepLab-v2 and DeepLabV3+ heads on the project's backbones.
 
 - ``deeplabv2``: ASPP as in DeepLab-v2: parallel 3×3 convolutions with dilation rates 6/12/18/24
   straight to class logits, summed; on the last backbone stage (output stride 8 for the paper's

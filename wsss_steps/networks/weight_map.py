@@ -1,5 +1,5 @@
 """The weight-map generator g of "Learning a Weight Map for Weakly-Supervised Localization"
-(METHODS §8, method I): a U-Net on an ImageNet encoder, one sigmoid weight per input pixel.
+(docs/methods.md §8, method I): a U-Net on an ImageNet encoder, one sigmoid weight per input pixel.
 
 Encoder: a backbone without dilation (EfficientNet-Lite0 at output stride 32: stages at strides
 2, 4, 8, 16, 32; the paper's ResNet has the same five). Decoder: five upsampling blocks, each a

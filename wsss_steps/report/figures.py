@@ -1,16 +1,18 @@
-"""Figures and tables of the HTML report (``snakemake --report``), one subcommand each.
+"""Figures and tables of the HTML report (``snakemake --report``); the step
+`wsss_steps.report_figures` gives each a subcommand.
 
-- ``precision-recall``: the seeds' precision against recall over the sweep, every seed method of a
-  dataset in one figure;
-- ``table``: the stage-by-stage mIoU table (seeds, +CRF, pseudo masks, +CRF, segmentation, +CRF)
-  of every experiment from results/summary.csv, as in the papers' tables, with the segmentation
-  network's share of the fully supervised upper bound (method ``full``); HTML.
-- ``sweep``: mIoU against the background threshold of the swept stages (``curve.csv`` files); PNG.
-- ``per-class``: per-class IoU bars of several stages (``per_class.csv`` files); PNG.
-- ``gallery``: for a few training images, overlays of the ground truth, the seeds (at their best
-  threshold), the pseudo mask and the segmentation network's prediction (+dCRF); PNG.
-- ``wsol-boxes``: for a few WSOL evaluation images, each experiment's map with the ground-truth and
-  predicted boxes; PNG. The ``table`` page also lists the ``wsol`` rows' scores.
+- `plot_precision_recall`: the seeds' precision against recall over the sweep, every seed method of
+  a dataset in one figure; PNG.
+- `render_table`: the stage-by-stage mIoU table (seeds, +CRF, pseudo masks, +CRF, segmentation,
+  +CRF) of every experiment from results/summary.csv, as in the papers' tables, with the
+  segmentation network's share of the fully supervised upper bound (method ``full``), and the
+  ``wsol`` rows' scores (`wsol_table`); HTML.
+- `plot_sweep`: mIoU against the background threshold of the swept stages (``curve.csv`` files); PNG.
+- `plot_per_class`: per-class IoU bars of several stages (``per_class.csv`` files); PNG.
+- `render_gallery`: for a few training images, overlays of the ground truth, the seeds (at their
+  best threshold), the pseudo mask and the segmentation network's prediction (+dCRF); PNG.
+- `render_wsol_boxes`: for a few WSOL evaluation images, each experiment's map with the
+  ground-truth and predicted boxes; PNG.
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from wsss_steps.report.overlays import colorize_labels
 from wsss_steps.report.overlays import titled as titled_panel
 from wsss_steps.store.maps import MapReader
 
-log = logging.getLogger("wsss_steps.report_figures")
+log = logging.getLogger(__name__)
 
 STAGES: tuple[str, ...] = ("seeds", "seeds_crf", "pseudo_masks", "pseudo_masks_crf", "segmentation",
                            "segmentation_crf")
@@ -40,16 +42,6 @@ STAGE_TITLES = {"seeds": "seeds", "seeds_crf": "+CRF", "pseudo_masks": "pseudo m
                 "segmentation": "segmentation (val)", "segmentation_crf": "+CRF"}
 FULL = "full"
 GALLERY_PANEL = 128  # smaller images are enlarged (nearest neighbour) to at least this height
-
-
-def _split_pairs(pairs: Sequence[str], option: str) -> list[tuple[str, Path]]:
-    out = []
-    for pair in pairs:
-        name, sep, path = pair.partition("=")
-        if not sep or not name or not path:
-            raise SystemExit(f"report_figures: {option} takes NAME=PATH, not {pair!r}")
-        out.append((name, Path(path)))
-    return out
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

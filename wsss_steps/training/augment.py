@@ -1,4 +1,4 @@
-"""Training augmentation (METHODS §1, IRN style), deterministic given a numpy Generator.
+"""Training augmentation (docs/methods.md §1, IRN style), deterministic given a numpy Generator.
 
 Order: random resize of the long side to [min, max] px, horizontal flip, colour normalisation,
 random crop to ``crop`` × ``crop``. Where the image is smaller than the crop it is placed at a

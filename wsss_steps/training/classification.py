@@ -1,4 +1,4 @@
-"""Classifier training data and validation (METHODS §1): images with label vectors, logits of
+"""Classifier training data and validation (docs/methods.md §1): images with label vectors, logits of
 whole images, validation loss, mAP and per-class AP. The variants' losses are
 `wsss_steps.training.variants`.
 """
@@ -52,7 +52,7 @@ class ClassificationDataset(Dataset):
 
 
 class TripletDataset(Dataset):
-    """Triplets of single-label images (METHODS §8, method II): item ``index`` is the anchor
+    """Triplets of single-label images (docs/methods.md §8, method II): item ``index`` is the anchor
     ``index``, a positive (another image of its class; itself where the class has no other) and a
     negative (an image of another class), drawn from (seed, epoch, index) apart from the
     augmentation's stream; each image augmented as in `ClassificationDataset`.

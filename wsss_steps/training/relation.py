@@ -1,4 +1,4 @@
-"""Relation-network training data (METHODS §5): augmented images with their stride-4 affinity
+"""Relation-network training data (docs/methods.md §5): augmented images with their stride-4 affinity
 labels, and the digest of those labels (part of the network's identity)."""
 
 from __future__ import annotations

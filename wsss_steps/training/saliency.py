@@ -1,4 +1,4 @@
-"""Saliency-network training data (METHODS §4): C²AM-H's hints from a seeds file, and the
+"""Saliency-network training data (docs/methods.md §4): C²AM-H's hints from a seeds file, and the
 polarity check of a trained C²AM over the training images."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Segmentation-network training data (METHODS §6): each image's label mask from a pseudo-mask
+"""Segmentation-network training data (docs/methods.md §6): each image's label mask from a pseudo-mask
 file or the ground truth, augmented pairs, and the class-balanced loss weights."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class MaskError(ValueError):
 class MaskSource:
     """Each training image's label mask: from a pseudo-mask HDF5 file or the ground truth.
 
-    ``ground_truth_ids`` (with a mask file): the semi-supervised setting (METHODS §6, AdvCAM's
+    ``ground_truth_ids`` (with a mask file): the semi-supervised setting (docs/methods.md §6, AdvCAM's
     1,464 VOC images with masks + 9,118 with labels only): exactly these images take their
     ground-truth mask, every other image its pseudo mask.
     """

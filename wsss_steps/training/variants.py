@@ -1,4 +1,4 @@
-"""Classifier variants (METHODS §1 and §3): CAM, Puzzle-CAM, OC-CSE, P-OC and P-NOC, each with
+"""Classifier variants (docs/methods.md §1 and §3): CAM, Puzzle-CAM, OC-CSE, P-OC and P-NOC, each with
 optional label smoothing.
 
 Variants register by name (`register_variant`); ``classifiers.<name>.variant`` in the config and
@@ -9,7 +9,7 @@ trained after each of f's steps; never a loop: the loop is `wsss_steps.training.
 
 The terms, with ℓ the multi-label soft-margin loss and ȳ the (optionally smoothed) labels:
 
-- CAM: ℓ(p, ȳ); with ``loss: softmax`` (WSOL, METHODS §1) the softmax cross-entropy of the
+- CAM: ℓ(p, ȳ); with ``loss: softmax`` (WSOL, docs/methods.md §1) the softmax cross-entropy of the
   image's one class instead (CAM only: the other variants' terms are multi-label);
 - Puzzle-CAM adds ℓ(p^re, ȳ) + α ‖A − A^re‖₁, A^re the tile CAMs merged back in place, the L1
   mean over the positive classes' channels (zeros elsewhere, as Puzzle-CAM's "masking" re-loss);
@@ -127,7 +127,7 @@ class ClassifierVariant:
         s = self.settings
         logits, cams = model.forward_with_cams(images)
         if s.loss == "softmax":
-            # WSOL (METHODS §1): one class per image; ε spreads over the C classes as in torch.
+            # WSOL (docs/methods.md §1): one class per image; ε spreads over the C classes as in torch.
             class_loss = F.cross_entropy(logits, labels.argmax(dim=1), label_smoothing=s.label_smoothing)
             return class_loss, {}
         targets = smooth_labels(labels, s.label_smoothing)
@@ -207,14 +207,14 @@ def register_variant(cls: type[ClassifierVariant]) -> type[ClassifierVariant]:
 
 @register_variant
 class CamVariant(ClassifierVariant):
-    """``cam``: multi-label soft-margin loss on the GAP logits (METHODS §1)."""
+    """``cam``: multi-label soft-margin loss on the GAP logits (docs/methods.md §1)."""
 
     name = "cam"
 
 
 @register_variant
 class PuzzleVariant(ClassifierVariant):
-    """``puzzle``: Puzzle-CAM (METHODS §3)."""
+    """``puzzle``: Puzzle-CAM (docs/methods.md §3)."""
 
     name = "puzzle"
     puzzle = True
@@ -222,7 +222,7 @@ class PuzzleVariant(ClassifierVariant):
 
 @register_variant
 class OcCseVariant(ClassifierVariant):
-    """``oc_cse``: OC-CSE with a frozen ordinary classifier (METHODS §3)."""
+    """``oc_cse``: OC-CSE with a frozen ordinary classifier (docs/methods.md §3)."""
 
     name = "oc_cse"
     cse = True
@@ -230,7 +230,7 @@ class OcCseVariant(ClassifierVariant):
 
 @register_variant
 class POcVariant(ClassifierVariant):
-    """``p_oc``: Puzzle-CAM + OC-CSE (METHODS §3)."""
+    """``p_oc``: Puzzle-CAM + OC-CSE (docs/methods.md §3)."""
 
     name = "p_oc"
     puzzle = True
@@ -239,7 +239,7 @@ class POcVariant(ClassifierVariant):
 
 @register_variant
 class PNocVariant(ClassifierVariant):
-    """``p_noc``: P-OC whose ordinary classifier is trained adversarially (METHODS §3)."""
+    """``p_noc``: P-OC whose ordinary classifier is trained adversarially (docs/methods.md §3)."""
 
     name = "p_noc"
     puzzle = True

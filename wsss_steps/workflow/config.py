@@ -236,7 +236,8 @@ def _check_subset(index: int, experiment: Mapping[str, Any], subset: str) -> lis
     return []
 
 
-SALIENCY_SEEDS = frozenset({"advcam_sal", "saliency_background"})  # seeds methods that read a saliency entry
+SALIENCY_BACKGROUND = "saliency_background"  # seeds method: another entry's maps + a saliency background
+SALIENCY_SEEDS = frozenset({"advcam_sal", SALIENCY_BACKGROUND})  # seeds methods that read a saliency entry
 HINTED_SALIENCY = "c2am_h"
 REFINED_SALIENCY = "refined"
 
@@ -262,7 +263,7 @@ def _chained_background(name: str, inner: str, seeds: Mapping[str, Any]) -> list
     """A saliency_background entry takes the maps of seeds computed from a classifier: another
     saliency_background entry's file holds its seeds' maps and its own saliency, which would be lost."""
     inner_settings = seeds[inner] or {}
-    if inner_settings.get("method") != "saliency_background" or name == inner:
+    if inner_settings.get("method") != SALIENCY_BACKGROUND or name == inner:
         return []
     return [f"seeds.{name}.seeds = {inner!r}: seeds.{inner} is a saliency_background entry too, and its "
             f"saliency ({inner_settings.get('saliency')!r}) would be lost; name the seeds it takes "
@@ -281,10 +282,10 @@ def check_saliency(config: Mapping[str, Any]) -> list[str]:
     for name, settings in seeds.items():
         settings = settings or {}
         method = settings.get("method")
-        derived = method == "saliency_background"
-        problems += _entry_keys("seeds", name, settings, {"saliency": method in SALIENCY_SEEDS, "seeds": derived},
+        background = method == SALIENCY_BACKGROUND
+        problems += _entry_keys("seeds", name, settings, {"saliency": method in SALIENCY_SEEDS, "seeds": background},
                                 method)
-        if settings.get("saliency_map") is not None and not derived:
+        if settings.get("saliency_map") is not None and not background:
             problems.append(f"seeds.{name}.saliency_map: not read by method {method}")
         node = edges.setdefault(("seeds", name), [])
         if settings.get("saliency") is not None:
@@ -295,7 +296,7 @@ def check_saliency(config: Mapping[str, Any]) -> list[str]:
         if settings.get("seeds") is not None:
             if settings["seeds"] not in seeds:
                 problems.append(f"seeds.{name}.seeds = {settings['seeds']!r} is not a key of 'seeds'")
-            elif derived:
+            elif background:
                 problems += _chained_background(name, settings["seeds"], seeds)
             node.append(("seeds", settings["seeds"]))
     for name, settings in saliency.items():
@@ -530,8 +531,8 @@ def check_dataset_configs(configs: Mapping[str, Mapping[str, Any]]) -> list[str]
     kinds: dict[str, dict[str, str]] = {}
     for dataset, config in configs.items():
         for name, settings in (config.get("seeds") or {}).items():
-            derived = (settings or {}).get("method") == "saliency_background"
-            kinds.setdefault(name, {})[dataset] = "seeds with a saliency background" if derived else "computed seeds"
+            background = (settings or {}).get("method") == SALIENCY_BACKGROUND
+            kinds.setdefault(name, {})[dataset] = "seeds with a saliency background" if background else "computed seeds"
         for name in config.get("weight_maps") or {}:
             kinds.setdefault(name, {})[dataset] = "a weight_maps entry"
     problems = []

@@ -1,6 +1,9 @@
-"""Evaluates maps against the ground truth: a background-threshold sweep of seed or walk scores
-(``--map-name cam``, optionally with dCRF), or fixed label maps (``--label-map``). Writes the
-curve, per-class scores at the best threshold and the rows of results/summary.csv.
+"""Scores a split's masks against its ground-truth masks (mIoU, per-class IoU, precision, recall):
+a background-threshold sweep of seed or walk scores (``--map-name cam``, optionally with dCRF),
+seeds with a saliency background (``--saliency-background``), or fixed label maps such as pseudo
+masks or a segmentation network's predictions (``--label-map``). Writes the curve, per-class
+scores at the best threshold and the rows of results/summary.csv. (Saliency maps as foreground
+masks: `evaluate_saliency`; localisation boxes: `evaluate_wsol`.)
 
 What it computes, and why: `wsss_steps.evaluation.masks`.
 """
