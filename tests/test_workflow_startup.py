@@ -225,13 +225,19 @@ def test_a_generated_datasets_subset_is_checked_against_its_generator_settings(t
         check_ground_truth_subsets(config, never_opened)
 
 
-def test_a_manifest_whose_sources_changed_content_is_marked_out_of_date(tmp_path: Path) -> None:
+def recorded_manifest(tmp_path: Path) -> tuple[Path, Path]:
+    """A source file and the manifest of dataset `voc`'s train split with its sources recorded."""
     source = tmp_path / "labels.csv"
     source.write_text("a,1\n")
     manifest = tmp_path / "results" / "voc" / "data" / "train.csv"
     manifest.parent.mkdir(parents=True)
     manifest.write_text("image_id\na\n")
     record_sources([source], manifest)
+    return source, manifest
+
+
+def test_a_manifest_whose_sources_changed_content_is_marked_out_of_date(tmp_path: Path) -> None:
+    source, manifest = recorded_manifest(tmp_path)
     notes: list[str] = []
     invalidate_changed_manifests(["voc", "other"], tmp_path / "results", notes.append)
     assert notes == [] and os.stat(manifest).st_mtime_ns != OUT_OF_DATE_NS
@@ -242,12 +248,7 @@ def test_a_manifest_whose_sources_changed_content_is_marked_out_of_date(tmp_path
 
 
 def test_the_start_up_checks_mark_manifests_before_refusing_a_split(tmp_path: Path) -> None:
-    source = tmp_path / "labels.csv"
-    source.write_text("a,1\n")
-    manifest = tmp_path / "results" / "voc" / "data" / "train.csv"
-    manifest.parent.mkdir(parents=True)
-    manifest.write_text("image_id\na\n")
-    record_sources([source], manifest)
+    source, manifest = recorded_manifest(tmp_path)
     source.write_text("a,2\n")
     dataset = FakeDataset({"train": IDS["train"]}, set(IDS["train"]))
     open_adapter = opener(dataset)

@@ -58,8 +58,11 @@ def path_error_line(error: BaseException) -> str | None:
     if not isinstance(error, OSError) or error.errno not in PATH_ERRORS or error.filename is None:
         return None
     paths = str(error.filename) + (f" -> {error.filename2}" if error.filename2 is not None else "")
-    step = Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "wsss_steps"
-    return f"{step}: error: {error.strerror}: {paths} ({PATH_ERRORS[error.errno]})"
+    return f"{_step_name()}: error: {error.strerror}: {paths} ({PATH_ERRORS[error.errno]})"
+
+
+def _step_name() -> str:
+    return Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else "wsss_steps"
 
 
 ExceptHook = Callable[[type[BaseException], BaseException, TracebackType | None], Any]
@@ -78,7 +81,7 @@ def report_path_errors_in_one_line() -> None:
 
         line = path_error_line(error)
         if line is None and isinstance(error, DatasetError):  # its message names the file or id
-            line = f"{Path(sys.argv[0]).stem if sys.argv and sys.argv[0] else 'wsss_steps'}: error: {error}"
+            line = f"{_step_name()}: error: {error}"
         if line is None:
             previous(kind, error, traceback)
         else:

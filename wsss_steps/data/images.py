@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -46,11 +47,18 @@ def read_image(path: str | Path) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def check_image_bytes(data: bytes, path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
-                      ) -> tuple[int, int]:
-    """(height, width) of an image file's content after a full decode; raises ValueError naming
-    ``path`` when it is too large (checked from the header, before decoding), truncated or damaged
-    (a truncated JPEG that OpenCV would decode as mostly grey)."""
+class ImageHeader(NamedTuple):
+    """What `check_image_bytes` reads of an image file."""
+
+    height: int
+    width: int
+    orientation: int | None  # EXIF orientation flag (1 = as stored; 2–8 mirrored/rotated); None: no flag
+
+
+def check_image_bytes(data: bytes, path: str | Path, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ImageHeader:
+    """Size and EXIF orientation flag of an image file's content after a full decode; raises
+    ValueError naming ``path`` when it is too large (checked from the header, before decoding),
+    truncated or damaged (a truncated JPEG that OpenCV would decode as mostly grey)."""
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
@@ -58,22 +66,13 @@ def check_image_bytes(data: bytes, path: str | Path, max_pixels: int = DEFAULT_M
                 raise ValueError(f"image {path} is {width}×{height} = {width * height} pixels, above the limit of "
                                  f"{max_pixels} (raise it with the config key dataset.max_image_pixels or "
                                  "prepare_data --max-image-pixels)")
+            orientation = img.getexif().get(0x0112)  # Orientation
             img.load()
     except UnidentifiedImageError as error:
         raise ValueError(f"image file could not be decoded: {path} (not an image format PIL reads)") from error
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise ValueError(f"image file could not be decoded (damaged or truncated): {path} ({error})") from error
-    return height, width
-
-
-def stored_orientation(data: bytes) -> int | None:
-    """An image file's EXIF orientation flag (1 = as stored; 2–8 mirrored/rotated), None without one."""
-    try:
-        with Image.open(io.BytesIO(data)) as img:
-            value = img.getexif().get(0x0112)  # Orientation
-    except (OSError, SyntaxError, UnidentifiedImageError):
-        return None
-    return int(value) if value is not None else None
+    return ImageHeader(height, width, int(orientation) if orientation is not None else None)
 
 
 def content_digest(*contents: bytes | None) -> str:

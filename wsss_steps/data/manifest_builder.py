@@ -23,7 +23,6 @@ from wsss_steps.data.images import (
     check_image_bytes,
     content_digest,
     read_label_mask,
-    stored_orientation,
     write_label_mask,
 )
 from wsss_steps.data.manifest import (
@@ -58,19 +57,19 @@ def _write_converted_mask(dataset: Any, image_id: str, mask_dir: Path) -> Path:
 LABEL_MASK_CHECKS = ("strict", "allow_void_only", "none")
 
 
-def label_mask_disagreement(labels: Sequence[int], mask: np.ndarray, check: str) -> str:
-    """Where image-level labels and a mask disagree: '' when they agree under ``check``.
+def label_mask_disagreement(labels: Sequence[int], mask_values: np.ndarray, check: str) -> str:
+    """Where image-level labels and a mask (its distinct values, ``np.unique``) disagree: '' when
+    they agree under ``check``.
 
     ``strict``: the labels are exactly the classes with pixels in the mask. ``allow_void_only``: a
     label may also have no pixel where the mask has void (255) pixels (an object annotated as void
     or crowd). A class with pixels but no label is refused under both; ``none`` checks nothing."""
     if check == "none":
         return ""
-    values = np.unique(mask)
-    present = {int(v) - 1 for v in values if v not in (0, IGNORE_LABEL)}
+    present = {int(v) - 1 for v in mask_values if v not in (0, IGNORE_LABEL)}
     missing_labels = sorted(present - set(labels))
     without_pixels = sorted(set(labels) - present)
-    if check == "allow_void_only" and IGNORE_LABEL in values:
+    if check == "allow_void_only" and IGNORE_LABEL in mask_values:
         without_pixels = []
     parts = []
     if missing_labels:
@@ -140,17 +139,18 @@ def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
             digest = ""
             if decode:
                 image_bytes = image_path.read_bytes()
-                height, width = check_image_bytes(image_bytes, image_path, max_image_pixels)
+                height, width, orientation = check_image_bytes(image_bytes, image_path, max_image_pixels)
                 if mask_path is not None:
                     mask = read_label_mask(mask_path, max_image_pixels)
                     if mask.shape != (height, width):
                         raise DatasetError(f"mask {mask_path} is {mask.shape}, its image is {(height, width)}")
-                    bad = sorted(set(np.unique(mask).tolist()) - set(range(num_classes + 1)) - {IGNORE_LABEL})
+                    values = np.unique(mask)
+                    bad = sorted(set(values.tolist()) - set(range(num_classes + 1)) - {IGNORE_LABEL})
                     if bad:
                         raise DatasetError(
                             f"mask {mask_path} has values {bad} outside 0..{num_classes} and {IGNORE_LABEL}"
                         )
-                    disagreement = label_mask_disagreement(labels, mask, label_mask_check) if check_labels else ""
+                    disagreement = label_mask_disagreement(labels, values, label_mask_check) if check_labels else ""
                     if disagreement:
                         names = dataset.class_names
                         raise DatasetError(
@@ -158,7 +158,7 @@ def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
                             f"{mask_path} ({disagreement}; classes by 0-based index of classes.txt). Fix the "
                             "labels or the mask; dataset.label_mask_check: allow_void_only accepts labels "
                             "whose object is void in the mask, none checks nothing")
-                if stored_orientation(image_bytes) not in (None, 1):
+                if orientation not in (None, 1):
                     rotated.append(image_id)
                 digest = content_digest(image_bytes, mask_path.read_bytes() if mask_path else None)
             boxes = dataset.boxes(image_id)

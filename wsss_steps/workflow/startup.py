@@ -108,7 +108,7 @@ def load_run_configs(config: Mapping[str, Any], schema_path: str | Path, config_
         configs[name] = other
     problems = check_dataset_configs(configs)
     if problems:
-        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+        raise invalid(problems)
     return configs
 
 
