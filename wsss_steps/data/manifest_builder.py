@@ -94,14 +94,14 @@ def _fit_rounded_box(box: Box, height: int, width: int) -> Box:
 
 
 def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
-                   decode: bool = True, max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+                   max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
                    mask_dir: Path | None = None, label_mask_check: str = "strict") -> Manifest:
     """Checks every image of a split and returns its manifest.
 
     All problems are collected and raised together (up to a limit), each naming its file or id, so
-    one run shows what to fix. ``decode`` decodes every image in full (damaged or truncated files,
-    images above ``max_image_pixels``) and mask (sizes, values), and records the digest of their
-    bytes (the manifest's content identity). An adapter that ``converts_masks`` has its masks
+    one run shows what to fix. Every image is decoded in full (damaged or truncated files, images
+    above ``max_image_pixels``) and every mask (sizes, values), and the digest of their bytes is
+    recorded (the manifest's content identity). An adapter that ``converts_masks`` has its masks
     written as label PNGs into ``mask_dir`` (required then), and those are the records' masks.
     Where labels come from another file than the masks (``labels.csv``, VOC's XML annotations:
     the adapter's ``labels_independent_of_masks``), each image's labels are checked against its
@@ -112,7 +112,7 @@ def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
     check_labels = bool(getattr(dataset, "labels_independent_of_masks", False)) and label_mask_check != "none"
     rotated: list[str] = []
     converts = bool(getattr(dataset, "converts_masks", False))
-    if converts and decode and mask_dir is None:
+    if converts and mask_dir is None:
         raise ValueError(f"dataset {dataset.name!r}: its masks are converted; build_manifest needs a mask_dir")
     # message → images it concerns: a problem of a shared file (a bad labels.csv row) fails every
     # image alike and is listed once, with its count of images
@@ -130,42 +130,39 @@ def build_manifest(dataset: DatasetAdapter, split: str, require_masks: bool,
             if not image_path.is_file():
                 raise DatasetError(f"image {image_id!r}: file not found: {image_path}")
             mask_path = dataset.mask_path(image_id)
-            if converts and decode and mask_path is not None:
+            if converts and mask_path is not None:
                 assert mask_dir is not None
                 mask_path = _write_converted_mask(dataset, image_id, mask_dir)
             if mask_path is None and require_masks:
                 raise DatasetError(f"image {image_id!r}: no ground-truth mask for split {split!r}")
-            height = width = 0
-            digest = ""
-            if decode:
-                image_bytes = image_path.read_bytes()
-                height, width, orientation = check_image_bytes(image_bytes, image_path, max_image_pixels)
-                if mask_path is not None:
-                    mask = read_label_mask(mask_path, max_image_pixels)
-                    if mask.shape != (height, width):
-                        raise DatasetError(f"mask {mask_path} is {mask.shape}, its image is {(height, width)}")
-                    values = np.unique(mask)
-                    bad = sorted(set(values.tolist()) - set(range(num_classes + 1)) - {IGNORE_LABEL})
-                    if bad:
-                        raise DatasetError(
-                            f"mask {mask_path} has values {bad} outside 0..{num_classes} and {IGNORE_LABEL}"
-                        )
-                    disagreement = label_mask_disagreement(labels, values, label_mask_check) if check_labels else ""
-                    if disagreement:
-                        names = dataset.class_names
-                        raise DatasetError(
-                            f"image {image_id!r}: its labels {[names[i] for i in labels]} disagree with its mask "
-                            f"{mask_path} ({disagreement}; classes by 0-based index of classes.txt). Fix the "
-                            "labels or the mask; dataset.label_mask_check: allow_void_only accepts labels "
-                            "whose object is void in the mask, none checks nothing")
-                if orientation not in (None, 1):
-                    rotated.append(image_id)
-                digest = content_digest(image_bytes, mask_path.read_bytes() if mask_path else None)
+            image_bytes = image_path.read_bytes()
+            height, width, orientation = check_image_bytes(image_bytes, image_path, max_image_pixels)
+            if mask_path is not None:
+                mask = read_label_mask(mask_path, max_image_pixels)
+                if mask.shape != (height, width):
+                    raise DatasetError(f"mask {mask_path} is {mask.shape}, its image is {(height, width)}")
+                values = np.unique(mask)
+                bad = sorted(set(values.tolist()) - set(range(num_classes + 1)) - {IGNORE_LABEL})
+                if bad:
+                    raise DatasetError(
+                        f"mask {mask_path} has values {bad} outside 0..{num_classes} and {IGNORE_LABEL}"
+                    )
+                disagreement = label_mask_disagreement(labels, values, label_mask_check) if check_labels else ""
+                if disagreement:
+                    names = dataset.class_names
+                    raise DatasetError(
+                        f"image {image_id!r}: its labels {[names[i] for i in labels]} disagree with its mask "
+                        f"{mask_path} ({disagreement}; classes by 0-based index of classes.txt). Fix the "
+                        "labels or the mask; dataset.label_mask_check: allow_void_only accepts labels "
+                        "whose object is void in the mask, none checks nothing")
+            if orientation not in (None, 1):
+                rotated.append(image_id)
+            digest = content_digest(image_bytes, mask_path.read_bytes() if mask_path else None)
             boxes = dataset.boxes(image_id)
-            if converts and decode:  # boxes of float coordinates (CUB, COCO) rounded to pixels
+            if converts:  # boxes of float coordinates (CUB, COCO) rounded to pixels
                 boxes = tuple(_fit_rounded_box(b, height, width) for b in boxes)
             outside = [b for b in boxes
-                       if decode and (max(b.x_min, b.x_max) >= width or max(b.y_min, b.y_max) >= height)]
+                       if max(b.x_min, b.x_max) >= width or max(b.y_min, b.y_max) >= height]
             if outside:
                 raise DatasetError(f"image {image_id!r}: box {tuple(outside[0])[1:]} lies outside the "
                                    f"{width}×{height} image")
