@@ -27,8 +27,8 @@ include: "rules/report.smk"
 
 
 # Jobs of a few seconds that need no GPU (the summary, the report's tables and figures drawn from
-# CSV files or a few images, the WSOL images' manifest) run in snakemake itself: a cluster run
-# submits no job for them.
+# CSV files or a few images, the WSOL images' manifest, the sum of a sharded sweep's confusion
+# matrices) run in snakemake itself: a cluster run submits no job for them.
 localrules:
     summary,
     report_table,
@@ -38,6 +38,7 @@ localrules:
     report_gallery,
     report_wsol_boxes,
     wsol_images,
+    merge_sweep,
 
 
 rule all:

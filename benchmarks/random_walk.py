@@ -57,33 +57,41 @@ def make_inputs(height: int, width: int, classes: int, seed: int) -> tuple[np.nd
 
 
 def worker(kind: str, inputs: Path, output: Path, dtype: str, radius: int, beta: float, exp_times: int,
-           threads: int) -> None:
+           threads: int, device_name: str = "cpu") -> None:
     import torch
 
     from wsss_steps.methods.random_walk import dense_random_walk, random_walk
+    from wsss_steps.networks.inputs import resolve_device
 
     torch.set_num_threads(threads)
+    device = resolve_device(device_name)
     data = np.load(inputs)
     torch_dtype = getattr(torch, dtype)
-    boundary = torch.from_numpy(data["boundary"]).to(torch_dtype)
-    seeds = torch.from_numpy(data["seeds"]).to(torch_dtype)
+    boundary = torch.from_numpy(data["boundary"]).to(device, torch_dtype)
+    seeds = torch.from_numpy(data["seeds"]).to(device, torch_dtype)
     function = dense_random_walk if kind == "reference" else random_walk
-    if kind == "sparse":  # warm-up on a tiny map (library loading, first-call overheads)
-        function(seeds[:, :8, :8], boundary[:8, :8], radius, beta, exp_times)
+    # Warm-up on a tiny map (library loading, first-call overheads, CUDA kernels' first launch).
+    function(seeds[:, :8, :8], boundary[:8, :8], radius, beta, exp_times)
     baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     result = function(seeds, boundary, radius, beta, exp_times)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    np.save(output, result.double().numpy())
-    print(json.dumps({"seconds": seconds, "peak_mb": peak, "baseline_mb": baseline}))
+    gpu_peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else 0.0
+    np.save(output, result.double().cpu().numpy())
+    print(json.dumps({"seconds": seconds, "peak_mb": peak, "baseline_mb": baseline, "gpu_peak_mb": gpu_peak}))
 
 
 def run_worker(kind: str, inputs: Path, output: Path, args: argparse.Namespace) -> dict:
     dtype = args.dtype if kind == "reference" else args.sparse_dtype
     command = [sys.executable, __file__, "--worker", kind, "--inputs", str(inputs), "--output", str(output),
                "--dtype", dtype, "--radius", str(args.radius), "--beta", str(args.beta),
-               "--exp-times", str(args.exp_times), "--threads", str(args.threads)]
+               "--exp-times", str(args.exp_times), "--threads", str(args.threads), "--device", args.device]
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, check=False)
     if result.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{result.stderr[-3000:]}")
@@ -103,6 +111,7 @@ def main() -> None:
     parser.add_argument("--sparse-dtype", choices=("float32", "float64"), default="float64",
                         help="precision of the sparse walk (default: %(default)s, the step's)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of each run (default: %(default)s)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: where both walks run (default: %(default)s)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--worker", choices=("reference", "sparse"), help=argparse.SUPPRESS)
     parser.add_argument("--inputs", type=Path, help=argparse.SUPPRESS)
@@ -111,7 +120,7 @@ def main() -> None:
     if args.worker:
         sys.path.insert(0, str(ROOT))
         worker(args.worker, args.inputs, args.output, args.dtype, args.radius, args.beta, args.exp_times,
-               args.threads)
+               args.threads, args.device)
         return
 
     grid = (math.ceil(args.height / 4), math.ceil(args.width / 4))
@@ -141,7 +150,8 @@ def main() -> None:
         "sparse_growth_mb": round(sparse["peak_mb"] - sparse["baseline_mb"], 1),
         "height": args.height, "width": args.width, "grid": list(grid), "classes": args.classes,
         "radius": args.radius, "beta": args.beta, "exp_times": args.exp_times, "dtype": args.dtype, "sparse_dtype": args.sparse_dtype,
-        "threads": args.threads,
+        "threads": args.threads, "device": args.device,
+        "reference_gpu_peak_mb": round(reference["gpu_peak_mb"], 1), "sparse_gpu_peak_mb": round(sparse["gpu_peak_mb"], 1),
     }
     print(json.dumps(summary))
 

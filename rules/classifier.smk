@@ -7,9 +7,10 @@ rule train_classifier:
         rows="results/{dataset}/classifier/{classifier}/summary_rows.csv",
     params:
         settings=classifier_settings,
-        options=lambda w: cli_options(classifier_settings(w), skip=("checkpoint_every", "ordinary")),
+        options=lambda w: cli_options(classifier_settings(w), skip=("checkpoint_every", "ordinary"))
+        + opts.precision_options(config),
         ordinary=lambda w, input: path_option("ordinary", input.get("ordinary")),
-        **training_params("results/{dataset}/classifier/{classifier}", config["device"], classifier_settings),
+        **training_params("results/{dataset}/classifier/{classifier}", DEVICE, classifier_settings),
     log:
         "logs/{dataset}/train_classifier_{classifier}.log",
     benchmark:
@@ -17,8 +18,9 @@ rule train_classifier:
     threads: RESOURCES["threads"]
     resources:
         mem_mb=RESOURCES["train_mem_mb"],
-        runtime=RESOURCES["train_runtime_min"],
+        runtime=opts.runtime_per_attempt(RESOURCES["train_runtime_min"]),
         gpu=GPU,
+        **GPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:

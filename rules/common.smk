@@ -6,12 +6,11 @@ import sys
 from snakemake.logging import logger
 
 sys.path.insert(0, workflow.basedir)
-# Jobs (local, in a conda env, or on cluster nodes) import the steps from this checkout.
-shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}:$PYTHONPATH; ")
 
 from wsss_steps.data.adapters import open_dataset  # noqa: E402
 from wsss_steps.workflow import options as opts, targets  # noqa: E402
 from wsss_steps.workflow.config import FULL_SUPERVISION, config_files_in_use  # noqa: E402
+from wsss_steps.workflow.config import semi_supervised_method as semi_supervised_method_of  # noqa: E402
 from wsss_steps.workflow.options import cli_options, pairs, path_option, training_params  # noqa: E402
 from wsss_steps.workflow.startup import load_run_configs, run_startup_checks  # noqa: E402
 from wsss_steps.workflow.targets import alternatives, entry_names  # noqa: E402
@@ -42,8 +41,33 @@ DATASETS = {name: settings["dataset"] for name, settings in DATASET_CONFIGS.item
 # Generated datasets: their roots are generate_dataset's outputs (rules/data.smk).
 GENERATED_DATASETS = {name: d for name, d in DATASETS.items() if d["kind"] == "generated"}
 NUM_SHARDS = config["shards"]
+
+
+def shard_output(path):
+    """An inference shard's file: kept (keep_shards: true), or deleted once merged (temp)."""
+    return path if config["keep_shards"] else temp(path)
+
+
 RESOURCES = config["resources"]
 GPU = 1 if config["gpu_available"] else 0
+# Jobs (local, in a conda env, or on cluster nodes) import the steps from this checkout. Training
+# steps' data-loading workers (resources.data_workers) reach them as an environment variable, not
+# in their command lines: the weights do not depend on it, and a command line's text is part of
+# what Snakemake's `code` trigger compares (a changed line reruns the rule's jobs).
+shell.prefix(
+    f"export PYTHONPATH={shlex.quote(workflow.basedir)}:$PYTHONPATH; "
+    f"export WSSS_DATA_WORKERS={int(RESOURCES['data_workers'])}; "
+)
+# Every rule that runs a network (training, and the inference of seeds, saliency, the random walk,
+# segmentation, weight maps, WSOL's Top-1 Loc) declares `gpu=GPU`, and its jobs take --device
+# DEVICE: `cuda` where they ask for a GPU and the config says auto, so that a job on a node whose
+# GPU torch cannot use fails at its start instead of running for hours on the CPU.
+DEVICE = opts.job_device(config["device"], GPU)
+# slurm_partition of the rules that declare gpu=GPU, and of the others (empty keys: none, so the
+# profile's default-resources apply). Each rule's runtime grows with the attempt
+# (opts.runtime_per_attempt): the SLURM profile retries a failed job.
+GPU_RULE_PARTITION = opts.partition(RESOURCES, GPU)
+CPU_RULE_PARTITION = opts.partition(RESOURCES, 0)
 
 
 @functools.cache
@@ -314,6 +338,33 @@ def sweep_options(wildcards):
                               walk_threshold)
 
 
+def sweep_shard_files(wildcards):
+    return targets.sweep_shard_files(wildcards.dataset, dataset_config(wildcards), wildcards.sweep_stage,
+                                     wildcards.classifier, wildcards.seeds)
+
+
+# evaluation.shards: a dataset's sweeps are made by evaluate_sweep (1) or by evaluate_sweep_shard
+# jobs and merge_sweep (> 1); each rule's {dataset} takes only its datasets.
+UNSHARDED_EVALUATION = alternatives(targets.sharded_evaluation_datasets(DATASET_CONFIGS, sharded=False))
+SHARDED_EVALUATION = alternatives(targets.sharded_evaluation_datasets(DATASET_CONFIGS, sharded=True))
+
+# pseudo_masks.shards: a dataset's pseudo masks (masks.h5 and png/) are made by pseudo_masks (1) or
+# by pseudo_masks_shard jobs and merge_pseudo_masks (> 1); each rule's {dataset} takes only its
+# datasets.
+UNSHARDED_PSEUDO_MASKS = alternatives(targets.sharded_pseudo_mask_datasets(DATASET_CONFIGS, sharded=False))
+SHARDED_PSEUDO_MASKS = alternatives(targets.sharded_pseudo_mask_datasets(DATASET_CONFIGS, sharded=True))
+
+
+def pseudo_mask_settings(wildcards):
+    """The pseudo_masks section as its commands use it (options.pseudo_mask_settings)."""
+    return opts.pseudo_mask_settings(dataset_config(wildcards)["pseudo_masks"])
+
+
+def pseudo_mask_shard_files(wildcards):
+    return targets.pseudo_mask_shard_files(wildcards.dataset, dataset_config(wildcards), wildcards.classifier,
+                                           wildcards.seeds)
+
+
 def sweep_threads(wildcards):
     background = wildcards.seeds in saliency_background_seeds(wildcards)
     return opts.sweep_threads(wildcards.sweep_stage, dataset_config(wildcards)["evaluation"], background)
@@ -330,13 +381,22 @@ def segmentation_train_inputs(wildcards):
     inputs = {}
     if segmentation_settings(wildcards)["init_from_classifier"]:
         inputs["classifier"] = f"results/{wildcards.dataset}/classifier/{wildcards.classifier}/model.pt"
-    if wildcards.masks != FULL_SUPERVISION:
+    if wildcards.masks != FULL_SUPERVISION and semi_supervised_method(wildcards).get("weak_labels", True):
         inputs["masks"] = (
             f"results/{wildcards.dataset}/pseudo_masks/{wildcards.classifier}/{masks_seeds(wildcards)}/masks.h5"
         )
     if wildcards.masks in semi_supervised(wildcards):
         inputs["ground_truth_subset"] = semi_supervised(wildcards)[wildcards.masks][1]
     return inputs
+
+
+def semi_supervised_method(wildcards):
+    """The segmentation network's semi-supervised method (`mix` where it is none: weakly or fully
+    supervised); CCT without weak labels reads no pseudo masks."""
+    if wildcards.masks not in semi_supervised(wildcards):
+        return {"method": "mix"}
+    experiment = targets.named_experiment(dataset_config(wildcards), wildcards.classifier, wildcards.masks)
+    return semi_supervised_method_of(experiment)
 
 
 # Report (rules/report.smk)

@@ -16,7 +16,8 @@ for _name, _dataset in GENERATED_DATASETS.items():
         threads: 1
         resources:
             mem_mb=2000,
-            runtime=30,
+            runtime=opts.runtime_per_attempt(30),
+            **CPU_RULE_PARTITION,
         conda:
             "../envs/wsss.yaml"
         shell:
@@ -53,7 +54,8 @@ rule prepare_data:
         # COCO: pycocotools' index of instances_train2014.json (448 MB) takes several GB, and
         # rasterising 82,783 masks about half an hour (docs/coco.md).
         mem_mb=lambda w: 16000 if dataset_settings(w)["kind"] == "coco" else 2000,
-        runtime=lambda w: 240 if dataset_settings(w)["kind"] == "coco" else 60,
+        runtime=opts.runtime_per_attempt(lambda w: 240 if dataset_settings(w)["kind"] == "coco" else 60),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:

@@ -19,7 +19,8 @@ rule merge_maps:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=60,
+        runtime=opts.runtime_per_attempt(60),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:

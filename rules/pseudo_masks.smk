@@ -1,6 +1,8 @@
 # Pseudo masks (docs/methods.md §5): affinity labels → relation network → random walk → pseudo masks.
 # Affinity labels and the random walk run one job per shard of the seed split (merged by
 # merge_maps); their evaluations (stages pseudo_masks, pseudo_masks_crf) are in evaluation.smk.
+# The pseudo masks are one job (pseudo_masks), or with pseudo_masks.shards > 1 pseudo_masks_shard
+# jobs (one per shard of the seed split) and merge_pseudo_masks, which make the same files.
 # Config sections: affinity, relation, random_walk, pseudo_masks.
 
 
@@ -9,7 +11,7 @@ rule affinity_labels_shard:
         seeds="results/{dataset}/seeds/{classifier}/{seeds}/maps.h5",
         manifest=seed_manifest,
     output:
-        "results/{dataset}/affinity_labels/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
+        shard_output("results/{dataset}/affinity_labels/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5"),
     params:
         settings=affinity_settings,
         options=lambda w: cli_options(affinity_settings(w)),
@@ -24,7 +26,8 @@ rule affinity_labels_shard:
     threads: 1
     resources:
         mem_mb=RESOURCES["infer_mem_mb"],
-        runtime=RESOURCES["infer_runtime_min"],
+        runtime=opts.runtime_per_attempt(RESOURCES["infer_runtime_min"]),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -43,9 +46,10 @@ rule train_relation:
         metrics="results/{dataset}/relation/{classifier}/{seeds}/metrics.csv",
     params:
         settings=lambda w: dataset_config(w)["relation"],
-        options=lambda w: cli_options(dataset_config(w)["relation"], skip=("checkpoint_every",)),
+        options=lambda w: cli_options(dataset_config(w)["relation"], skip=("checkpoint_every",))
+        + opts.precision_options(config),
         **training_params(
-            "results/{dataset}/relation/{classifier}/{seeds}", config["device"], lambda w: dataset_config(w)["relation"]
+            "results/{dataset}/relation/{classifier}/{seeds}", DEVICE, lambda w: dataset_config(w)["relation"]
         ),
     log:
         "logs/{dataset}/train_relation_{classifier}_{seeds}.log",
@@ -54,8 +58,9 @@ rule train_relation:
     threads: RESOURCES["threads"]
     resources:
         mem_mb=RESOURCES["train_mem_mb"],
-        runtime=RESOURCES["train_runtime_min"],
+        runtime=opts.runtime_per_attempt(RESOURCES["train_runtime_min"]),
         gpu=GPU,
+        **GPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -71,11 +76,11 @@ rule random_walk_shard:
         seeds="results/{dataset}/seeds/{classifier}/{seeds}/maps.h5",
         manifest=seed_manifest,
     output:
-        "results/{dataset}/random_walk/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
+        shard_output("results/{dataset}/random_walk/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5"),
     params:
         settings=lambda w: seeds_stage_settings("random_walk", w),
         options=lambda w: cli_options(seeds_stage_settings("random_walk", w)),
-        device=config["device"],
+        device=DEVICE,
     log:
         "logs/{dataset}/random_walk_{classifier}_{seeds}_shard-{shard}-of-{n}.log",
     benchmark:
@@ -83,7 +88,9 @@ rule random_walk_shard:
     threads: 1
     resources:
         mem_mb=RESOURCES["infer_mem_mb"],
-        runtime=RESOURCES["infer_runtime_min"],
+        runtime=opts.runtime_per_attempt(RESOURCES["infer_runtime_min"]),
+        gpu=GPU,
+        **GPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -106,12 +113,68 @@ rule pseudo_masks:
         "logs/{dataset}/pseudo_masks_{classifier}_{seeds}.log",
     benchmark:
         "results/{dataset}/benchmarks/pseudo_masks_{classifier}_{seeds}.tsv"
+    wildcard_constraints:
+        dataset=UNSHARDED_PSEUDO_MASKS,
     threads: 1
     resources:
         mem_mb=RESOURCES["infer_mem_mb"],
-        runtime=RESOURCES["infer_runtime_min"],
+        runtime=opts.runtime_per_attempt(RESOURCES["infer_runtime_min"]),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
         "python -m wsss_steps.pseudo_masks --maps {input.maps:q} --manifest {input.manifest:q} "
         "--out {output.masks:q} --export-png {output.png:q} {params.options} 2> {log:q}"
+
+
+rule pseudo_masks_shard:
+    input:
+        maps="results/{dataset}/random_walk/{classifier}/{seeds}/maps.h5",
+        manifest=seed_manifest,
+    output:
+        shard_output("results/{dataset}/pseudo_masks/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5"),
+    params:
+        settings=pseudo_mask_settings,
+        options=lambda w: cli_options(pseudo_mask_settings(w)),
+    log:
+        "logs/{dataset}/pseudo_masks_{classifier}_{seeds}_shard-{shard}-of-{n}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/pseudo_masks_{classifier}_{seeds}_shard-{shard}-of-{n}.tsv"
+    threads: 1
+    resources:
+        mem_mb=RESOURCES["infer_mem_mb"],
+        runtime=opts.runtime_per_attempt(RESOURCES["infer_runtime_min"]),
+        **CPU_RULE_PARTITION,
+    conda:
+        "../envs/wsss.yaml"
+    shell:
+        "python -m wsss_steps.pseudo_masks --maps {input.maps:q} --manifest {input.manifest:q} "
+        "--shard {wildcards.shard} --num-shards {wildcards.n} --out {output:q} {params.options} 2> {log:q}"
+
+
+# The shards' masks merged into the files pseudo_masks makes (merge_maps' masks.h5, then export_png's
+# png/ of its `mask`: the same arrays and PNGs).
+rule merge_pseudo_masks:
+    input:
+        shards=pseudo_mask_shard_files,
+        manifest=seed_manifest,
+    output:
+        masks="results/{dataset}/pseudo_masks/{classifier}/{seeds}/masks.h5",
+        png=directory("results/{dataset}/pseudo_masks/{classifier}/{seeds}/png"),
+    log:
+        "logs/{dataset}/merge_pseudo_masks_{classifier}_{seeds}.log",
+    benchmark:
+        "results/{dataset}/benchmarks/merge_pseudo_masks_{classifier}_{seeds}.tsv"
+    wildcard_constraints:
+        dataset=SHARDED_PSEUDO_MASKS,
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=opts.runtime_per_attempt(60),
+        **CPU_RULE_PARTITION,
+    conda:
+        "../envs/wsss.yaml"
+    shell:
+        "python -m wsss_steps.merge_maps --manifest {input.manifest:q} --out {output.masks:q} {input.shards:q} "
+        "2> {log:q} && python -m wsss_steps.export_png --maps {output.masks:q} --map-name mask "
+        "--manifest {input.manifest:q} --out {output.png:q} 2>> {log:q}"

@@ -19,7 +19,8 @@ rule report_table:
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=10,
+        runtime=opts.runtime_per_attempt(10),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -47,7 +48,8 @@ rule report_sweep:
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=10,
+        runtime=opts.runtime_per_attempt(10),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -75,7 +77,8 @@ rule report_seeds_precision_recall:
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=10,
+        runtime=opts.runtime_per_attempt(10),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -104,7 +107,8 @@ rule report_per_class:
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=10,
+        runtime=opts.runtime_per_attempt(10),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -138,7 +142,8 @@ rule report_gallery:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=opts.runtime_per_attempt(10),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:

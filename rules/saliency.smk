@@ -13,8 +13,9 @@ rule train_saliency:
         metrics="results/{dataset}/saliency/{saliency}/metrics.csv",
     params:
         settings=lambda w: opts.saliency_training(saliency_settings(w)),
-        options=lambda w, input: opts.saliency_train_options(saliency_settings(w), dict(input.items())),
-        **training_params("results/{dataset}/saliency/{saliency}", config["device"], saliency_settings),
+        options=lambda w, input: opts.saliency_train_options(saliency_settings(w), dict(input.items()))
+        + opts.precision_options(config),
+        **training_params("results/{dataset}/saliency/{saliency}", DEVICE, saliency_settings),
     log:
         "logs/{dataset}/train_saliency_{saliency}.log",
     benchmark:
@@ -22,8 +23,9 @@ rule train_saliency:
     threads: RESOURCES["threads"]
     resources:
         mem_mb=RESOURCES["train_mem_mb"],
-        runtime=RESOURCES["train_runtime_min"],
+        runtime=opts.runtime_per_attempt(RESOURCES["train_runtime_min"]),
         gpu=GPU,
+        **GPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -38,11 +40,11 @@ rule saliency_shard:
         model="results/{dataset}/saliency/{saliency}/model.pt",
         manifest=seed_manifest,
     output:
-        "results/{dataset}/saliency/{saliency}/shards/shard-{shard}-of-{n}.h5",
+        shard_output("results/{dataset}/saliency/{saliency}/shards/shard-{shard}-of-{n}.h5"),
     params:
         settings=lambda w: opts.saliency_inference(saliency_settings(w)),
-        options=lambda w: cli_options(opts.saliency_inference(saliency_settings(w))),
-        device=config["device"],
+        options=lambda w: cli_options(opts.saliency_inference(saliency_settings(w))) + opts.precision_options(config),
+        device=DEVICE,
     log:
         "logs/{dataset}/saliency_{saliency}_shard-{shard}-of-{n}.log",
     benchmark:
@@ -50,7 +52,9 @@ rule saliency_shard:
     threads: 1
     resources:
         mem_mb=RESOURCES["infer_mem_mb"],
-        runtime=RESOURCES["infer_runtime_min"],
+        runtime=opts.runtime_per_attempt(RESOURCES["infer_runtime_min"]),
+        gpu=GPU,
+        **GPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -72,7 +76,8 @@ rule merge_saliency:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=60,
+        runtime=opts.runtime_per_attempt(60),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -96,7 +101,8 @@ rule evaluate_saliency:
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=60,
+        runtime=opts.runtime_per_attempt(60),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -123,7 +129,8 @@ rule evaluate_hint_foreground:
     threads: 1
     resources:
         mem_mb=4000,
-        runtime=60,
+        runtime=opts.runtime_per_attempt(60),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:

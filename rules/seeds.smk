@@ -6,19 +6,20 @@
 
 # The WSOL images' seeds (rules/wsol.smk; the seeds entries that WSOL experiments name, cam or
 # advcam) and the seed split's take one shell line. `use rule ... with:` merges params into the base
-# rule's, so the base is the rule with fewer: seeds_shard adds `settings` (what its jobs record).
+# rule's, so the base is the rule with fewer: seeds_shard adds `settings` (what its jobs record). Both
+# take the base's resources.
 rule wsol_seeds_shard:
     input:
         classifier="results/{dataset}/classifier/{classifier}/model.pt",
         manifest=wsol_part_manifest,
     output:
-        "results/{dataset}/{map_stage}/{classifier}/{entry}/shards/shard-{shard}-of-{n}.h5",
+        shard_output("results/{dataset}/{map_stage}/{classifier}/{entry}/shards/shard-{shard}-of-{n}.h5"),
     wildcard_constraints:
         map_stage="|".join(WSOL_PARTS),
         entry=alternatives(WSOL_SEED_NAMES),
     params:
-        options=lambda w: cli_options(dataset_config(w)["seeds"][w.entry]),
-        device=config["device"],
+        options=lambda w: cli_options(dataset_config(w)["seeds"][w.entry]) + opts.precision_options(config),
+        device=DEVICE,
     log:
         "logs/{dataset}/{map_stage}_{classifier}_{entry}_shard-{shard}-of-{n}.log",
     benchmark:
@@ -26,8 +27,9 @@ rule wsol_seeds_shard:
     threads: 1
     resources:
         mem_mb=RESOURCES["infer_mem_mb"],
-        runtime=RESOURCES["infer_runtime_min"],
-        gpu=lambda w: GPU if dataset_config(w)["seeds"][w.entry]["method"] != "cam" else 0,
+        runtime=opts.runtime_per_attempt(RESOURCES["infer_runtime_min"]),
+        gpu=GPU,
+        **GPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -42,20 +44,17 @@ use rule wsol_seeds_shard as seeds_shard with:
         classifier="results/{dataset}/classifier/{classifier}/model.pt",
         manifest=seed_manifest,
     output:
-        "results/{dataset}/seeds/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5",
+        shard_output("results/{dataset}/seeds/{classifier}/{seeds}/shards/shard-{shard}-of-{n}.h5"),
     wildcard_constraints:
         seeds=alternatives(COMPUTED_SEED_NAMES),
     params:
         settings=seed_settings,
-        options=lambda w, input: opts.seed_options(seed_settings(w), input.get("saliency")),
+        options=lambda w, input: opts.seed_options(seed_settings(w), input.get("saliency"))
+        + opts.precision_options(config),
     log:
         "logs/{dataset}/seeds_{classifier}_{seeds}_shard-{shard}-of-{n}.log",
     benchmark:
         "results/{dataset}/benchmarks/seeds_{classifier}_{seeds}_shard-{shard}-of-{n}.tsv"
-    resources:
-        mem_mb=RESOURCES["infer_mem_mb"],
-        runtime=RESOURCES["infer_runtime_min"],
-        gpu=lambda w: GPU if seed_settings(w)["method"] != "cam" else 0,
 
 
 # Seeds with a saliency background: the maps of seeds entry `seeds` and the saliency entry's map in
@@ -80,7 +79,8 @@ rule saliency_seeds:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=60,
+        runtime=opts.runtime_per_attempt(60),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:

@@ -15,10 +15,12 @@ rule train_segmentation:
     params:
         settings=lambda w: opts.segmentation_training(segmentation_settings(w)),
         init_from_classifier=lambda w: segmentation_settings(w)["init_from_classifier"],
-        sources=lambda w, input: opts.segmentation_sources(dict(input.items())),
-        options=lambda w: cli_options(opts.segmentation_training(segmentation_settings(w))),
+        sources=lambda w, input: opts.segmentation_sources(dict(input.items()))
+        + opts.semi_supervised_options(semi_supervised_method(w)),
+        options=lambda w: cli_options(opts.segmentation_training(segmentation_settings(w)))
+        + opts.precision_options(config),
         **training_params(
-            "results/{dataset}/segmentation/{classifier}/{masks}", config["device"], segmentation_settings
+            "results/{dataset}/segmentation/{classifier}/{masks}", DEVICE, segmentation_settings
         ),
     log:
         "logs/{dataset}/train_segmentation_{classifier}_{masks}.log",
@@ -27,8 +29,9 @@ rule train_segmentation:
     threads: RESOURCES["threads"]
     resources:
         mem_mb=RESOURCES["train_mem_mb"],
-        runtime=RESOURCES["train_runtime_min"],
+        runtime=opts.runtime_per_attempt(RESOURCES["train_runtime_min"]),
         gpu=GPU,
+        **GPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -43,11 +46,12 @@ rule segment_shard:
         model="results/{dataset}/segmentation/{classifier}/{masks}/model.pt",
         manifest=val_manifest,
     output:
-        "results/{dataset}/segmentation/{classifier}/{masks}/shards/shard-{shard}-of-{n}.h5",
+        shard_output("results/{dataset}/segmentation/{classifier}/{masks}/shards/shard-{shard}-of-{n}.h5"),
     params:
         settings=lambda w: opts.segmentation_inference(segmentation_settings(w)),
-        options=lambda w: opts.segmentation_inference_options(segmentation_settings(w)),
-        device=config["device"],
+        options=lambda w: opts.segmentation_inference_options(segmentation_settings(w))
+        + opts.precision_options(config),
+        device=DEVICE,
     log:
         "logs/{dataset}/segment_{classifier}_{masks}_shard-{shard}-of-{n}.log",
     benchmark:
@@ -55,7 +59,9 @@ rule segment_shard:
     threads: 1
     resources:
         mem_mb=RESOURCES["infer_mem_mb"],
-        runtime=RESOURCES["infer_runtime_min"],
+        runtime=opts.runtime_per_attempt(RESOURCES["infer_runtime_min"]),
+        gpu=GPU,
+        **GPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -82,7 +88,8 @@ rule export_segmentation_png:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=30,
+        runtime=opts.runtime_per_attempt(30),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -101,8 +108,9 @@ rule segment_gallery:
     params:
         settings=lambda w: opts.segmentation_inference(segmentation_settings(w)),
         gallery_images=lambda w: dataset_config(w)["report"]["gallery_images"],
-        options=lambda w: opts.segmentation_inference_options(segmentation_settings(w)),
-        device=config["device"],
+        options=lambda w: opts.segmentation_inference_options(segmentation_settings(w))
+        + opts.precision_options(config),
+        device=DEVICE,
     log:
         "logs/{dataset}/segment_gallery_{classifier}_{masks}.log",
     benchmark:
@@ -110,7 +118,9 @@ rule segment_gallery:
     threads: 1
     resources:
         mem_mb=RESOURCES["infer_mem_mb"],
-        runtime=RESOURCES["infer_runtime_min"],
+        runtime=opts.runtime_per_attempt(RESOURCES["infer_runtime_min"]),
+        gpu=GPU,
+        **GPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:

@@ -18,7 +18,8 @@ rule wsol_images:
     threads: 1
     resources:
         mem_mb=1000,
-        runtime=10,
+        runtime=opts.runtime_per_attempt(10),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -38,8 +39,8 @@ rule train_weight_map:
     wildcard_constraints:
         entry=alternatives(WEIGHT_MAP_NAMES),
     params:
-        options=lambda w: opts.weight_map_options(weight_maps(w)[w.entry]),
-        **training_params("results/{dataset}/weight_map/{classifier}/{entry}", config["device"]),
+        options=lambda w: opts.weight_map_options(weight_maps(w)[w.entry]) + opts.precision_options(config),
+        **training_params("results/{dataset}/weight_map/{classifier}/{entry}", DEVICE),
     log:
         "logs/{dataset}/train_weight_map_{classifier}_{entry}.log",
     benchmark:
@@ -47,8 +48,9 @@ rule train_weight_map:
     threads: RESOURCES["threads"]
     resources:
         mem_mb=RESOURCES["train_mem_mb"],
-        runtime=RESOURCES["train_runtime_min"],
+        runtime=opts.runtime_per_attempt(RESOURCES["train_runtime_min"]),
         gpu=GPU,
+        **GPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -63,12 +65,12 @@ rule weight_maps_shard:
         model="results/{dataset}/weight_map/{classifier}/{entry}/model.pt",
         manifest=wsol_part_manifest,
     output:
-        "results/{dataset}/{map_stage}/{classifier}/{entry}/shards/shard-{shard}-of-{n}.h5",
+        shard_output("results/{dataset}/{map_stage}/{classifier}/{entry}/shards/shard-{shard}-of-{n}.h5"),
     wildcard_constraints:
         map_stage="|".join(WSOL_PARTS),
         entry=alternatives(WEIGHT_MAP_NAMES),
     params:
-        device=config["device"],
+        device=DEVICE,
     log:
         "logs/{dataset}/{map_stage}_{classifier}_{entry}_shard-{shard}-of-{n}.log",
     benchmark:
@@ -76,7 +78,9 @@ rule weight_maps_shard:
     threads: 1
     resources:
         mem_mb=RESOURCES["infer_mem_mb"],
-        runtime=RESOURCES["infer_runtime_min"],
+        runtime=opts.runtime_per_attempt(RESOURCES["infer_runtime_min"]),
+        gpu=GPU,
+        **GPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -95,7 +99,7 @@ rule evaluate_wsol:
     params:
         threshold=wsol_threshold,
         calibration=lambda w, input: opts.wsol_calibration_options(dict(input.items())),
-        device=config["device"],
+        device=DEVICE,
     log:
         "logs/{dataset}/evaluate_wsol_{classifier}_{entry}.log",
     benchmark:
@@ -103,7 +107,9 @@ rule evaluate_wsol:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=60,
+        runtime=opts.runtime_per_attempt(60),
+        gpu=GPU,
+        **GPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:
@@ -135,7 +141,8 @@ rule report_wsol_boxes:
     threads: 1
     resources:
         mem_mb=2000,
-        runtime=10,
+        runtime=opts.runtime_per_attempt(10),
+        **CPU_RULE_PARTITION,
     conda:
         "../envs/wsss.yaml"
     shell:

@@ -346,3 +346,18 @@ def test_saliency_background_seeds_of_saliency_background_seeds_are_refused() ->
             "seeds.outer.seeds = 'inner': seeds.inner is a saliency_background entry too, and its saliency "
             "('c2am') would be lost; name the seeds it takes ('cam') in seeds.outer.seeds")):
         check_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize("page", ["voc.md", "coco.md"])
+def test_the_configs_the_docs_show_are_valid(page: str) -> None:
+    """The VOC and COCO configs of docs/ (the first yaml block), merged into config.yaml as
+    `--configfile` merges them, pass the schema: a user copying them meets no unknown key."""
+    from snakemake.utils import update_config
+
+    text = (ROOT / "docs" / page).read_text()
+    block = re.search(r"```yaml\n(.*?)```", text, re.DOTALL)
+    assert block is not None, page
+    config = copy.deepcopy(DEFAULT)
+    update_config(config, yaml.safe_load(block.group(1)))
+    del config["dataset"]["generator"]  # config.yaml's, left out for a dataset of another kind
+    check_config(config, SCHEMA)

@@ -137,3 +137,22 @@ def test_truncated_shard_is_named_with_what_to_do(tmp_path: Path, caplog: pytest
     assert f"{partial} cannot be read" in caplog.text and "starting this shard over" in caplog.text
     with MapReader(other) as reader:
         assert reader.ids == ids[4:] + ["i9"]
+
+
+@pytest.mark.parametrize("link", [False, True])
+def test_a_reader_reopening_its_file_reads_every_image_whole(tmp_path: Path, monkeypatch, link: bool) -> None:
+    """The reader reopens its file every REOPEN_EVERY reads (HDF5's metadata cache grows with every
+    object read until the file closes): reads across the reopenings, through a merged file's links
+    too, return each image's own arrays."""
+    from wsss_steps.store import maps
+
+    monkeypatch.setattr(maps, "REOPEN_EVERY", 3)
+    ids = [f"i{k}" for k in range(10)]
+    write_shard(tmp_path / "a.h5", ids[:6])
+    write_shard(tmp_path / "b.h5", ids[6:])
+    merge_shards([tmp_path / "a.h5", tmp_path / "b.h5"], tmp_path / "maps.h5", ids, link=link)
+    with MapReader(tmp_path / "maps.h5") as reader:
+        first = reader._file
+        values = [float(reader.read(image_id)["cam"][0, 0, 0]) for image_id in ids + ids[:2]]
+        assert reader._file is not first  # reopened
+    assert values == [float(k) for k in range(10)] + [0.0, 1.0]

@@ -149,3 +149,15 @@ def test_unused_pseudo_mask_crf_settings_rerun_nothing(run: Path) -> None:
         write_config(run, CONFIG)
         snakemake(run, "--touch", "--cores", "1")
     assert planned(run) == {}
+
+
+def test_data_workers_rerun_nothing(run: Path) -> None:
+    """The weights do not depend on the worker count: a change of it retrains nothing."""
+    write_config(run, changed(resources={**CONFIG.get("resources", {}), "data_workers": 2}))
+    assert planned(run) == {}
+
+
+def test_precision_retrains(run: Path) -> None:
+    write_config(run, {**CONFIG, "precision": "bf16"})
+    jobs = planned(run)
+    assert {"train_classifier", "train_segmentation"} <= set(jobs)

@@ -76,9 +76,14 @@ def test_two_datasets_run_together_and_semi_supervised_takes_exactly_its_subset(
     (tmp_path / "gt.txt").write_text("\n".join(GROUND_TRUTH_IDS) + "\n")
     write_config(tmp_path, second_dataset(), "second.yaml")
     semi = {"classifier": "cam", "seeds": "cam", "segmentation": {"ground_truth_subset": "gt.txt"}}
+    # The same subset with cross-consistency training (docs/methods.md §10), one decoder of each kind.
+    cct = {"classifier": "cam", "seeds": "cam", "segmentation": {
+        "ground_truth_subset": "gt.txt", "method": "cct", "decoders": {"drop": 1, "cutout": 1, "vat": 1,
+                                                                       "context_masking": 1, "object_masking": 1,
+                                                                       "feature_drop": 1, "feature_noise": 1}}}
     # One shard a stage (sharding is tested by test_workflow): every job starts a process.
     config = tiny_config(datasets_from=["second.yaml"], shards=1,
-                         experiments=[{"classifier": "cam", "seeds": "cam"}, semi])
+                         experiments=[{"classifier": "cam", "seeds": "cam"}, semi, cct])
     write_config(tmp_path, config)
     snakemake(tmp_path, "--cores", "2")
 
@@ -88,7 +93,7 @@ def test_two_datasets_run_together_and_semi_supervised_takes_exactly_its_subset(
     assert set(tiny2["stage"]) == {"classifier", "seeds", "seeds_crf"}
     segmentation = summary[(summary["dataset"] == "tiny") & (summary["stage"] == "segmentation")
                            & (summary["metric"] == "miou")]
-    assert sorted(segmentation["method"]) == ["cam", "cam+gt"]
+    assert sorted(segmentation["method"]) == ["cam", "cam+gt", "cam+gt+cct"]
     # Each dataset its own artifacts: tiny2's classifier knows its 2 classes, tiny's its 3.
     for name, classes in (("tiny", 3), ("tiny2", 2)):
         model = torch.load(tmp_path / f"results/{name}/classifier/cam/model.pt", weights_only=True)
@@ -103,6 +108,14 @@ def test_two_datasets_run_together_and_semi_supervised_takes_exactly_its_subset(
                            weak_model["state_dict"]["head.classifier.weight"])
     log = (tmp_path / "logs/tiny/train_segmentation_cam_cam+gt.log").read_text()
     assert "ground truth on 5 images" in log
+    # CCT: the same subset and pseudo masks (weak labels), its settings in the model's identity.
+    cct_model = torch.load(tmp_path / "results/tiny/segmentation/cam/cam+gt+cct/model.pt", weights_only=True)
+    assert cct_model["meta"]["ground_truth_ids"] == GROUND_TRUTH_IDS
+    assert cct_model["meta"]["training"]["masks"] == weak_model["meta"]["training"]["masks"]
+    assert cct_model["meta"]["training"]["cct"]["weak_labels"]
+    assert sum(cct_model["meta"]["training"]["cct"]["decoders"].values()) == 7
+    assert "CCT: ground truth on 5 images" in (tmp_path / "logs/tiny/train_segmentation_cam_cam+gt+cct.log").read_text()
+    assert (tmp_path / "results/tiny/report/cam/cam+gt+cct/per_class.png").is_file()
     # Each dataset's report table holds its own experiments only.
     assert "cam+gt" in (tmp_path / "results/tiny/report/stages.html").read_text()
     assert "cam+gt" not in (tmp_path / "results/tiny2/report/stages.html").read_text()
@@ -111,7 +124,7 @@ def test_two_datasets_run_together_and_semi_supervised_takes_exactly_its_subset(
     # One HTML report over both datasets.
     snakemake(tmp_path, "--report", "report.html")
     page = (tmp_path / "report.html").read_text()
-    assert "tiny2" in page and "cam+gt" in page
+    assert "tiny2" in page and "cam+gt" in page and "cam+gt+cct" in page
 
 
 def test_ground_truth_subset_outside_the_train_split_is_refused(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """On a real SLURM cluster: the README's commands run the tiny workflow through `--executor slurm`,
-one sbatch job per rule instance (one per shard for inference stages), GPU requests for training,
-and the results equal a local run of the same config.
+one sbatch job per rule instance (one per shard for inference stages), GPU requests for the rules
+that run a network, and the results equal a local run of the same config.
 
 Needs a running cluster (`make test-slurm` starts a one-node one on localhost and sets
 WSSS_SLURM_TEST=1 and SLURM_CONF); skipped otherwise.
@@ -44,7 +44,7 @@ CHECKOUT = ["Snakefile", "config.yaml", "rules", "schemas", "wsss_steps", "envs"
 # the steps run on the CPU. Memory fits the test node.
 # my.yaml is merged into config.yaml, so its saliency entry runs too: sized here for the tiny images
 # (config.yaml's epochs are set for 128-px images and would take most of the test's time). The WSOL
-# experiments are AdvCAM's (the climb's GPU request) and the weight map's (method I, as in
+# experiments are AdvCAM's (rule wsol_seeds_shard) and the weight map's (method I, as in
 # configs/all_methods.yaml); CAM's maps take the same rules as AdvCAM's, and every SLURM job costs a
 # snakemake start and a status poll.
 SMALL = {"epochs": 2, "batch_size": 8, "resize_long": [48, 80], "crop": 64}
@@ -60,8 +60,9 @@ CONFIG = tiny_config(gpu_available=True, device="cpu",
                      wsol={"experiments": [{"classifier": "cam_softmax", "maps": "advcam"},
                                            {"classifier": "cam_softmax", "maps": "weight_map"}]})
 TRAINING_RULES = {"train_classifier", "train_relation", "train_saliency", "train_segmentation", "train_weight_map"}
-# AdvCAM's climb asks for a GPU, CAM's maps do not (the config's AdvCAM entries are named advcam…).
-CLIMBING_RULES = {"seeds_shard", "wsol_seeds_shard"}
+# Every rule that runs a network asks for a GPU: training, and inference (CAM's seeds too).
+GPU_RULES = TRAINING_RULES | {"seeds_shard", "wsol_seeds_shard", "saliency_shard", "random_walk_shard",
+                              "segment_shard", "segment_gallery", "weight_maps_shard", "evaluate_wsol"}
 SHARD_RULES = {"seeds_shard", "affinity_labels_shard", "random_walk_shard"}
 
 
@@ -142,7 +143,7 @@ def assert_same_results(slurm_dir: Path, local_dir: Path) -> None:
 def test_local_rules_are_read_from_the_snakefile() -> None:
     """No cluster needed: the jobs the cluster test expects unsubmitted are the Snakefile's localrules."""
     assert {"summary", "report_table", "wsol_images"} <= local_rules()
-    assert not local_rules() & (TRAINING_RULES | CLIMBING_RULES | SHARD_RULES)
+    assert not local_rules() & (GPU_RULES | SHARD_RULES)
 
 
 def test_readme_cluster_commands_are_the_ones_run_here() -> None:
@@ -179,10 +180,9 @@ def test_readme_commands_on_a_slurm_cluster(tmp_path: Path) -> None:
     # One job per shard for every inference stage.
     for rule in SHARD_RULES:
         assert planned_jobs[rule] == CONFIG["shards"], rule
-    # GPU placement: training and AdvCAM ask for one GPU (a gres/gpu request), nothing else does.
+    # GPU placement: the rules that run a network ask for one GPU (a gres/gpu request), nothing else does.
     for rule, comment, tres in zip(jobs["rule"], jobs["Comment"], jobs["tres-per-job"], strict=True):
-        climbs = rule in CLIMBING_RULES and "_advcam" in comment
-        assert (tres == "gres:gpu:1") == (rule in TRAINING_RULES or climbs), (rule, comment, tres)
+        assert (tres == "gres:gpu:1") == (rule in GPU_RULES), (rule, comment, tres)
     # Threads, memory and runtime from the rules' declarations.
     train = jobs[jobs["rule"] == "train_classifier"].iloc[0]
     assert (train["NumCPUs"], train["MinMemory"], train["TimeLimit"]) == ("1", "3000M", "30:00")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from wsss_steps.training.checkpoints import settings_hash
 from wsss_steps.training.loop import LoopSettings, Trainee, train
 from wsss_steps.training.schedules import linear_ramp, poly_lr_factor
 
@@ -29,13 +31,30 @@ class Points(torch.utils.data.Dataset):
         return self.x[index], self.y[index]
 
 
+class NoisyPoints(Points):
+    """Points jittered by (epoch, index), as the augmentation draws: a worker that missed the
+    epoch would hand out another epoch's samples."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = torch.randn(3, generator=torch.Generator().manual_seed(1000 * self.epoch + index))
+        return self.x[index] + 0.1 * noise, self.y[index]
+
+
 def _run(tmp_path: Path, epochs: int = 4, stop_after: int | None = None, keep: bool = False,
-         settings: dict | None = None) -> tuple[nn.Module, nn.Module, object]:
+         settings: dict | None = None, workers: int = 0, noisy: bool = False, precision: str = "fp32",
+         tensor_parts: bool = False) -> tuple[nn.Module, nn.Module, object]:
     torch.manual_seed(0)
     model, second = nn.Linear(3, 1), nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
     second_optimizer = torch.optim.SGD(second.parameters(), lr=0.05)
-    dataset = Points()
+    dataset = NoisyPoints() if noisy else Points()
 
     def step(batch: tuple[torch.Tensor, torch.Tensor], global_step: int) -> tuple[torch.Tensor, dict[str, float]]:
         x, y = batch
@@ -44,15 +63,21 @@ def _run(tmp_path: Path, epochs: int = 4, stop_after: int | None = None, keep: b
         second_optimizer.zero_grad()
         second_loss.backward()
         second_optimizer.step()
-        return (model(x).squeeze(1) - y).pow(2).mean(), {"second": second_loss.item()}
+        return (model(x).squeeze(1) - y).pow(2).mean(), \
+            {"second": second_loss.detach() if tensor_parts else second_loss.item()}
 
     trainee = Trainee(model, optimizer, [0.1], dataset, step,
                       extra_state={"second": second, "second_optimizer": second_optimizer})
     plan = LoopSettings(name="toy", epochs=epochs, batch_size=4, seed=3, device=torch.device("cpu"),
                         settings=settings or {"toy": 1}, checkpoint_dir=tmp_path / "ckpt",
                         stop_after_epochs=stop_after, keep_epoch_weights=keep, metrics_path=tmp_path / "m.csv",
-                        metric_columns=("epoch", "step", "lr", "loss", "second", "seconds"))
+                        metric_columns=("epoch", "step", "lr", "loss", "second", "seconds"),
+                        num_workers=workers, precision=precision)
     return model, second, train(trainee, plan)
+
+
+def _same(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_schedules_at_first_middle_and_last_step() -> None:
@@ -86,3 +111,49 @@ def test_other_settings_start_fresh_and_every_epoch_can_be_kept(tmp_path: Path) 
     last = torch.load(tmp_path / "ckpt" / "epoch-004.pt", weights_only=True)
     assert last["epoch"] == 4 and last["settings_hash"] == outcome.settings_hash
     assert torch.equal(last["model"]["weight"], model.weight.detach())
+
+
+def test_worker_processes_give_the_same_weights_and_resume_bitwise(tmp_path: Path) -> None:
+    alone, alone_second, outcome = _run(tmp_path / "alone", noisy=True)
+    workers, workers_second, _ = _run(tmp_path / "workers", noisy=True, workers=2)
+    assert _same(alone, workers) and _same(alone_second, workers_second)
+    # The epoch reaches the persistent workers: epoch 2's samples are not epoch 1's again.
+    assert not _same(alone, _run(tmp_path / "clean", noisy=False)[0])
+    _, _, stopped = _run(tmp_path / "split", noisy=True, workers=2, stop_after=2)
+    assert not stopped.finished
+    resumed, resumed_second, _ = _run(tmp_path / "split", noisy=True, workers=2)
+    assert _same(alone, resumed) and _same(alone_second, resumed_second)
+    assert [line.rsplit(",", 1)[0] for line in (tmp_path / "alone" / "m.csv").read_text().splitlines()] == \
+        [line.rsplit(",", 1)[0] for line in (tmp_path / "split" / "m.csv").read_text().splitlines()]
+    assert outcome.settings_hash == settings_hash({"toy": 1})  # the worker count is no part of it
+
+
+def test_parts_left_on_the_device_give_the_rows_of_python_floats(tmp_path: Path) -> None:
+    """The loop sums the loss and tensor parts on the device in float64: the metrics rows are
+    those of a sum of Python floats (the parts as numbers)."""
+    _run(tmp_path / "floats", noisy=True)
+    _run(tmp_path / "tensors", noisy=True, tensor_parts=True)
+    floats, tensors = ([line.rsplit(",", 1)[0] for line in (tmp_path / name / "m.csv").read_text().splitlines()]
+                       for name in ("floats", "tensors"))
+    assert floats == tensors and len(floats) == 5
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_lower_precision_trains_is_part_of_the_identity_and_resumes(tmp_path: Path, precision: str) -> None:
+    whole, _, outcome = _run(tmp_path / "whole", precision=precision)
+    assert outcome.finished and all(math.isfinite(float(row["loss"])) for row in outcome.history)
+    assert outcome.settings_hash == settings_hash({"toy": 1, "precision": precision})
+    assert outcome.settings_hash != _run(tmp_path / "fp32", epochs=1)[2].settings_hash
+    checkpoint = torch.load(tmp_path / "whole" / "ckpt" / "last.pt", weights_only=True)
+    assert ("grad_scaler" in checkpoint) == (precision == "fp16")
+    _run(tmp_path / "split", precision=precision, stop_after=2)
+    resumed, _, _ = _run(tmp_path / "split", precision=precision)
+    assert _same(whole, resumed)
+    # An fp32 run does not resume from this precision's checkpoint (and the reverse).
+    _, _, fresh = _run(tmp_path / "split")
+    assert [row["epoch"] for row in fresh.history] == [1, 2, 3, 4]
+
+
+def test_an_unknown_precision_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="precision must be one of fp32, bf16, fp16"):
+        _run(tmp_path, precision="fp8")

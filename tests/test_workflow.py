@@ -185,65 +185,84 @@ def test_per_seeds_settings_rerun_only_that_entry_from_its_stage(finished_run: P
     assert jobs["random_walk_shard"] == 2 and jobs["pseudo_masks"] == 1 and jobs["train_segmentation"] == 1
 
 
-def test_variants_train_their_shared_ordinary_classifier_once(tmp_path: Path) -> None:
-    config = tiny_config(shards=1)  # one job a stage: sharding is tested by the module's run
-    cam = config["classifiers"]["cam"]
-    config["classifiers"].update(p_noc={**cam, "variant": "p_noc", "ordinary": "cam"},
-                                 oc_cse={**cam, "variant": "oc_cse", "ordinary": "cam", "label_smoothing": 0.1})
-    config["experiments"] = [{"classifier": name, "seeds": "cam", "pseudo_masks": False, "segmentation": False}
-                             for name in ("cam", "p_noc", "oc_cse")]
-    write_config(tmp_path, config)
-    assert planned_jobs(tmp_path)["train_classifier"] == 3  # cam once, though two variants read it
-    snakemake(tmp_path, "--cores", "2")
-    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
-    seeds = summary[(summary.stage == "seeds") & (summary.metric == "miou")]
-    assert set(seeds["classifier"]) == {"cam", "p_noc", "oc_cse"}
-    maps = summary[(summary.stage == "classifier") & (summary.metric == "map")].set_index("classifier")["method"]
-    assert maps.to_dict() == {"cam": "cam", "p_noc": "p_noc", "oc_cse": "oc_cse"}
-    models = tmp_path / "results" / "tiny" / "classifier"
-    ordinary = torch.load(models / "cam" / "model.pt", weights_only=True)["meta"]["settings_hash"]
-    for name in ("p_noc", "oc_cse"):
-        assert torch.load(models / name / "model.pt", weights_only=True)["meta"]["training"]["ordinary"] == ordinary
-    # A change to the ordinary classifier retrains the variants that read it.
-    config["classifiers"]["cam"]["epochs"] = 3
-    write_config(tmp_path, config)
-    assert planned_jobs(tmp_path)["train_classifier"] == 3
+SALIENCY_NETWORK = {"backbone": "small_resnet", "pretrained": False, "output_stride": 8, "epochs": 1,
+                    "batch_size": 6, "accumulation_steps": 2, "resize_long": [48, 80], "crop": 64, "width": 16,
+                    "scales": [1.0]}
 
 
-def test_saliency_entries_feed_seeds_affinity_labels_and_the_summary(tmp_path: Path) -> None:
-    """C²AM-H hinted by the CAM seeds, a refinement network on its pseudo-saliency masks, CAM seeds
-    with each saliency as background through affinity labels → random walk → pseudo masks, and
-    AdvCAM-Sal reading the refined entry."""
-    saliency = {"backbone": "small_resnet", "pretrained": False, "output_stride": 8, "epochs": 1,
-                "batch_size": 6, "accumulation_steps": 2, "resize_long": [48, 80], "crop": 64, "width": 16,
-                "scales": [1.0]}
+def variants_and_saliency_config() -> dict:
+    """Two classifier variants reading the ordinary CAM classifier; C²AM-H hinted by the CAM seeds, a
+    refinement network on its pseudo-saliency masks, CAM seeds with C²AM-H as background through
+    affinity labels → random walk → pseudo masks, and AdvCAM-Sal reading the refined entry."""
     config = tiny_config(
         shards=1,  # one job a stage: sharding is tested by the module's run
-        saliency={"c2am_h": {"method": "c2am_h", "classifier": "cam", "seeds": "cam", **saliency},
-                  "refined": {"method": "refined", "source": "c2am_h", **saliency, "batch_size": 4}},
+        keep_shards=False,  # each shard deleted once merged
+        saliency={"c2am_h": {"method": "c2am_h", "classifier": "cam", "seeds": "cam", **SALIENCY_NETWORK},
+                  "refined": {"method": "refined", "source": "c2am_h", **SALIENCY_NETWORK, "batch_size": 4}},
         seeds={"cam": {"method": "cam", "scales": [1.0]},
                "cam_sal": {"method": "saliency_background", "seeds": "cam", "saliency": "c2am_h"},
                "adv_sal": {"method": "advcam_sal", "saliency": "refined", "scales": [1.0], "steps": 2,
                            "flip": False}},
         experiments=[{"classifier": "cam", "seeds": "cam", "segmentation": False},
                      {"classifier": "cam", "seeds": "cam_sal", "segmentation": False},
-                     {"classifier": "cam", "seeds": "adv_sal", "pseudo_masks": False}])
-    write_config(tmp_path, config)
-    jobs = planned_jobs(tmp_path)
+                     {"classifier": "cam", "seeds": "adv_sal", "pseudo_masks": False},
+                     {"classifier": "p_noc", "seeds": "cam", "pseudo_masks": False},
+                     {"classifier": "oc_cse", "seeds": "cam", "pseudo_masks": False}])
+    cam = config["classifiers"]["cam"]
+    config["classifiers"].update(p_noc={**cam, "variant": "p_noc", "ordinary": "cam"},
+                                 oc_cse={**cam, "variant": "oc_cse", "ordinary": "cam", "label_smoothing": 0.1})
+    return config
+
+
+@pytest.fixture(scope="module")
+def variants_and_saliency_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, int]]:
+    """One run for the variant and saliency tests (their shared stages run once); the planned jobs."""
+    workdir = tmp_path_factory.mktemp("variants_and_saliency")
+    write_config(workdir, variants_and_saliency_config())
+    jobs = planned_jobs(workdir)
+    snakemake(workdir, "--cores", "2")
+    return workdir, jobs
+
+
+def test_variants_train_their_shared_ordinary_classifier_once(
+        variants_and_saliency_run: tuple[Path, dict[str, int]]) -> None:
+    workdir, jobs = variants_and_saliency_run
+    assert jobs["train_classifier"] == 3  # cam once, though two variants read it
+    summary = pd.read_csv(workdir / "results" / "summary.csv")
+    seeds = summary[(summary.stage == "seeds") & (summary.metric == "miou")]
+    assert set(seeds["classifier"]) == {"cam", "p_noc", "oc_cse"}
+    maps = summary[(summary.stage == "classifier") & (summary.metric == "map")].set_index("classifier")["method"]
+    assert maps.to_dict() == {"cam": "cam", "p_noc": "p_noc", "oc_cse": "oc_cse"}
+    models = workdir / "results" / "tiny" / "classifier"
+    ordinary = torch.load(models / "cam" / "model.pt", weights_only=True)["meta"]["settings_hash"]
+    for name in ("p_noc", "oc_cse"):
+        assert torch.load(models / name / "model.pt", weights_only=True)["meta"]["training"]["ordinary"] == ordinary
+    # A change to the ordinary classifier retrains the variants that read it.
+    config = variants_and_saliency_config()
+    config["classifiers"]["cam"]["epochs"] = 3
+    try:
+        write_config(workdir, config)
+        assert planned_jobs(workdir)["train_classifier"] == 3
+    finally:
+        write_config(workdir, variants_and_saliency_config())
+
+
+def test_saliency_entries_feed_seeds_affinity_labels_and_the_summary(
+        variants_and_saliency_run: tuple[Path, dict[str, int]]) -> None:
+    workdir, jobs = variants_and_saliency_run
     assert jobs["train_saliency"] == 2 and jobs["saliency_seeds"] == 1 and jobs["evaluate_hint_foreground"] == 1
-    assert jobs["seeds_shard"] == 2  # cam and adv_sal; cam_sal takes cam's maps
-    snakemake(tmp_path, "--cores", "2")
-    summary = pd.read_csv(tmp_path / "results" / "summary.csv")
+    assert jobs["seeds_shard"] == 4  # cam and adv_sal of cam, cam of each variant; cam_sal takes cam's maps
+    summary = pd.read_csv(workdir / "results" / "summary.csv")
     rows = summary[summary.stage == "saliency"].set_index(["method", "metric"])["value"]
     for method in ("c2am_h", "refined", "cam_foreground"):
         assert 0 < rows[(method, "fg_iou")] <= 1 and 0 <= rows[(method, "mae")] <= 1
     assert rows[("c2am_h", "mask_fg_iou")] > 0
-    seeds = summary[(summary.stage == "seeds")].set_index(["method", "metric"])["value"]
+    seeds = summary[(summary.stage == "seeds") & (summary.classifier == "cam")].set_index(["method", "metric"])["value"]
     assert ("cam_sal", "miou") in seeds and ("cam_sal", "best_threshold") not in seeds  # no sweep
     assert ("cam", "best_threshold") in seeds
     masks = summary[(summary.stage == "pseudo_masks") & (summary.metric == "miou")].set_index("method")["value"]
     assert set(masks.index) == {"cam", "cam_sal"}
-    results = tmp_path / "results" / "tiny"
+    results = workdir / "results" / "tiny"
     with h5py.File(results / "affinity_labels/cam/cam_sal/maps.h5", "r") as labels:
         assert labels.attrs["method"] == "pnoc_saliency"
     with h5py.File(results / "seeds/cam/adv_sal/maps.h5", "r") as maps:
@@ -255,6 +274,10 @@ def test_saliency_entries_feed_seeds_affinity_labels_and_the_summary(tmp_path: P
         assert np.array_equal(derived[image_id]["cam"][()], base[image_id]["cam"][()])
         assert derived[image_id]["saliency"].shape == base[image_id]["cam"].shape[1:]
     assert (results / "report" / "seeds_precision_recall.png").stat().st_size > 0
+    # keep_shards: false: every merged stage's shards are gone, their merged files whole.
+    assert not list(results.glob("**/shards/*.h5"))
+    merged = {p.relative_to(results).parts[0] for p in results.glob("**/maps.h5")}
+    assert merged >= {"seeds", "saliency", "affinity_labels", "random_walk"}
 
 
 def test_wsol_experiments_score_cam_and_the_weight_map(tmp_path: Path) -> None:

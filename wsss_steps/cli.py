@@ -6,7 +6,7 @@ definitions of the options steps share, with the same names and defaults everywh
 
 - files: ``--manifest`` (the split), ``--out``; shard steps add ``--shard`` / ``--num-shards``;
 - run: ``--device`` (auto), ``--threads`` (torch's choice when not given); training adds
-  ``--num-workers``;
+  ``--num-workers``; training and network inference add ``--precision`` and ``--channels-last``;
 - checkpoint (training steps): ``--checkpoint-dir``, ``--checkpoint-every``, ``--stop-after-epochs``.
 
 Steps log to stderr; the workflow's rules redirect it into ``logs/`` (there is no ``--log``).
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import errno
 import logging
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -103,15 +104,32 @@ def add_shard_arguments(parser: argparse.ArgumentParser, out_help: str = "output
     return files
 
 
-def add_run_arguments(parser: argparse.ArgumentParser, training: bool = False) -> argparse._ArgumentGroup:
-    """``--device`` and ``--threads`` (and ``--num-workers`` for training steps); returned so a step
-    can add its own run options."""
+DATA_WORKERS_VARIABLE = "WSSS_DATA_WORKERS"
+PRECISION_CHOICES = ("fp32", "bf16", "fp16")  # = training.loop.PRECISIONS (that module imports torch)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, training: bool = False,
+                      numerics: bool | None = None) -> argparse._ArgumentGroup:
+    """``--device`` and ``--threads``, ``--num-workers`` for training steps, and ``--precision`` and
+    ``--channels-last`` where ``numerics`` (default: for training steps); returned so a step can add
+    its own run options."""
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default: %(default)s)")
     run.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     if training:
-        run.add_argument("--num-workers", type=int, default=0,
-                         help="data-loading worker processes (default: %(default)s)")
+        # The workflow sets the environment variable (config resources.data_workers, through the
+        # shell prefix): the weights do not depend on it, so it stays out of the rules' command
+        # lines, whose text Snakemake's `code` trigger compares.
+        run.add_argument("--num-workers", type=int, default=int(os.environ.get(DATA_WORKERS_VARIABLE, "0")),
+                         help=f"data-loading worker processes; the weights do not depend on it; 0 loads "
+                         f"in this process (default: ${DATA_WORKERS_VARIABLE}, else 0: %(default)s)")
+    if training if numerics is None else numerics:
+        run.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                         help="the networks' arithmetic: fp32, or bf16 / fp16 autocast (fp16 training with "
+                         "a gradient scaler); recorded in the outputs' identity (default: %(default)s)")
+        run.add_argument("--channels-last", action="store_true",
+                         help="the networks in the channels-last memory format (faster convolutions on "
+                         "most GPUs; other float rounding); recorded in the outputs' identity")
     return run
 
 
@@ -146,14 +164,20 @@ def check_checkpoint(args: argparse.Namespace) -> list[str]:
 def loop_settings(args: argparse.Namespace, name: str, device: torch.device, settings: dict[str, Any],
                   metric_columns: Sequence[str], **extra: Any) -> LoopSettings:
     """The training loop's settings from a training step's shared options (epochs, batch size,
-    seed, checkpoints, metrics, workers); ``extra`` sets the rest (e.g. ``loss_column``)."""
-    from wsss_steps.training.loop import LoopSettings
+    seed, checkpoints, metrics, workers, precision); ``extra`` sets the rest (e.g. ``loss_column``).
 
+    ``settings`` gains the precision's entries (`precision_settings`: none at the defaults) in
+    place, so the model file that records this dict records them too."""
+    from wsss_steps.training.loop import LoopSettings, precision_settings
+
+    if args.num_workers < 0:
+        raise SystemExit(f"{name}: --num-workers must be ≥ 0, not {args.num_workers}")
+    settings.update(precision_settings(args.precision, args.channels_last))
     return LoopSettings(name=name, epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, device=device,
                         settings=settings, checkpoint_dir=args.checkpoint_dir,
                         checkpoint_every=args.checkpoint_every, stop_after_epochs=args.stop_after_epochs,
                         metrics_path=args.metrics, metric_columns=metric_columns, num_workers=args.num_workers,
-                        **extra)
+                        precision=args.precision, channels_last=args.channels_last, **extra)
 
 
 def setup_logging(level: int = logging.INFO) -> None:
@@ -164,12 +188,14 @@ def setup_logging(level: int = logging.INFO) -> None:
 
 
 def start_run(args: argparse.Namespace) -> torch.device:
-    """Logging, torch threads and the device of a step that was given the run arguments."""
+    """Logging, torch threads and the device of a step that was given the run arguments: a CUDA
+    device torch cannot use fails here, at the start (resolve_device), and plain `cuda` on a
+    machine with several GPUs is one GPU that no other step holds (device_for_this_process)."""
     import torch
 
-    from wsss_steps.networks.inputs import resolve_device
+    from wsss_steps.networks.inputs import device_for_this_process, resolve_device
 
     setup_logging()
     if args.threads:
         torch.set_num_threads(args.threads)
-    return resolve_device(args.device)
+    return device_for_this_process(resolve_device(args.device))

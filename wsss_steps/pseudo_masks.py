@@ -1,7 +1,9 @@
 """Pseudo masks of a split from the random walk's scores, refined by dCRF with ``--crf``, into HDF5
 (``mask``, ``mask_onehot``) and, with ``--export-png``, VOC palette PNGs.
 
-What it computes, and why: `wsss_steps.methods.pseudo_masks`.
+What it computes, and why: `wsss_steps.methods.pseudo_masks`. With ``--shard K --num-shards N`` it
+writes shard K's masks only (the workflow's pseudo_masks_shard, without ``--export-png``): merge_maps
+merges the shards and export_png writes the PNGs, the same files as one run over the split.
 
 Example::
 

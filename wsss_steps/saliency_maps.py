@@ -5,7 +5,9 @@ pseudo-saliency mask (saliency > ``--mask-threshold`` (0.2), refined by a 2-labe
 iterations, gt_prob 0.7). Inference at ``--scales`` with the horizontal flip; the C²AM networks
 (c2am, c2am_h) give ReLU(logit of the salient side) summed over scales and flips, divided by its
 max (the reference code's activation); the refinement network gives its sigmoid probability,
-averaged. A killed shard resumes from its ``.partial`` file.
+averaged. A killed shard resumes from its ``.partial`` file. ``--precision bf16|fp16`` (autocast;
+the logits cast to float32 first) and ``--channels-last`` are recorded in the file's params
+(nothing at the defaults).
 
 Example::
 
@@ -38,6 +40,7 @@ from wsss_steps.methods.crf import IRN_CRF
 from wsss_steps.methods.saliency import PSEUDO_MASK_THRESHOLD, pseudo_saliency_mask
 from wsss_steps.networks.inputs import image_to_tensor
 from wsss_steps.networks.io import model_identity
+from wsss_steps.networks.numerics import FP32, Numerics
 from wsss_steps.networks.saliency import SaliencyNet, load_saliency
 from wsss_steps.store.shards import write_map_shard
 
@@ -48,8 +51,9 @@ STAGE = "saliency"
 
 @torch.no_grad()
 def multiscale_saliency(model: SaliencyNet, image: torch.Tensor, scales: Sequence[float] = (1.0,),
-                        flip: bool = True) -> np.ndarray:
-    """The saliency map (H, W) float32 in [0, 1] of one normalised image (1, 3, H, W)."""
+                        flip: bool = True, numerics: Numerics = FP32) -> np.ndarray:
+    """The saliency map (H, W) float32 in [0, 1] of one normalised image (1, 3, H, W); the network
+    runs under ``numerics`` (with ``channels_last``, converted by `Numerics.prepare`)."""
     height, width = image.shape[-2:]
     total = torch.zeros((height, width), device=image.device)
     count = 0
@@ -57,7 +61,9 @@ def multiscale_saliency(model: SaliencyNet, image: torch.Tensor, scales: Sequenc
         batch = resize_batch(image, scale)
         if flip:
             batch = torch.cat([batch, batch.flip(-1)])
-        logits = model.saliency_logits(batch)
+        with numerics.autocast(batch.device):
+            logits = model.saliency_logits(numerics.layout(batch))
+        logits = logits.float()
         maps = torch.sigmoid(logits) if model.head_name == "deeplabv3plus" else F.relu(logits)
         if flip:
             maps = torch.cat([maps[:1], maps[1:].flip(-1)])
@@ -85,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     maps.add_argument("--crf-iterations", type=int, default=IRN_CRF.iterations)
     maps.add_argument("--crf-gt-prob", type=float, default=IRN_CRF.gt_prob)
     maps.add_argument("--method", default="", help="entry name stored in the file (default: the model's method)")
-    add_run_arguments(parser)
+    add_run_arguments(parser, numerics=True)
     return parser
 
 
@@ -98,19 +104,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(f"saliency_maps: --mask-threshold must lie in [0, 1), not {args.mask_threshold}")
     device = start_run(args)
     model, meta = load_saliency(args.model, device)
+    numerics = Numerics.from_args(args)
+    numerics.prepare(model)
     manifest = read_manifest(args.manifest)
     crf = dataclasses.replace(IRN_CRF, iterations=args.crf_iterations, gt_prob=args.crf_gt_prob) \
         if args.crf else None
 
     def compute(record: ImageRecord) -> dict[str, np.ndarray]:
         image = read_image(record.image_path)
-        saliency = multiscale_saliency(model, image_to_tensor(image, device), args.scales, args.flip)
+        saliency = multiscale_saliency(model, image_to_tensor(image, device), args.scales, args.flip, numerics)
         mask = pseudo_saliency_mask(image, saliency, args.mask_threshold, crf)
         return {"saliency": saliency.astype(np.float16), "saliency_mask": mask}
 
     params = {"model": model_identity(args.model, meta), "images": manifest.content_digest(),
               "scales": list(args.scales), "flip": args.flip, "mask_threshold": args.mask_threshold,
-              "crf": dataclasses.asdict(crf) if crf is not None else None}
+              "crf": dataclasses.asdict(crf) if crf is not None else None, **numerics.params()}
     count = write_map_shard(manifest, args.shard, args.num_shards, args.out, compute, stage=STAGE,
                             method=args.method or str(meta.get("method", "")), params=params)
     log.info("wrote %s (%d images computed in this run)", args.out, count)

@@ -9,6 +9,9 @@ Methods (``--method``):
 
 Every method writes ``cam`` (K, H, W), ``cam_stride4`` (K, ⌈H/4⌉, ⌈W/4⌉) and ``keys`` per image,
 max-normalised, one map per label class. A killed shard resumes from its ``.partial`` file.
+``--precision bf16|fp16`` runs the classifier under autocast (AdvCAM: its forward passes; the
+climbing step stays float32) and ``--channels-last`` in that memory format; both are recorded in
+the file's params (nothing at the defaults).
 
 Example::
 
@@ -45,6 +48,7 @@ from wsss_steps.methods.advcam import (
 )
 from wsss_steps.methods.cams import CamSeeds
 from wsss_steps.networks.io import load_classifier, model_identity
+from wsss_steps.networks.numerics import Numerics
 from wsss_steps.store.maps import MapReader, shard_ids
 from wsss_steps.store.shards import write_seed_shard
 
@@ -108,8 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     adv.add_argument("--saliency-threshold", type=float, default=None,
                      help="δ: background is sal < δ (0.10)")
     adv.add_argument("--reference", action="store_true",
-                     help="use the one-class-at-a-time reference loop instead of the batched climb")
-    add_run_arguments(parser)
+                     help="use the one-class-at-a-time reference loop instead of the batched climb "
+                     "(fp32 only)")
+    add_run_arguments(parser, numerics=True)
     return parser
 
 
@@ -133,6 +138,8 @@ def _check_args(args: argparse.Namespace, parser: argparse.ArgumentParser) -> No
                  if n != "flip" and getattr(args, n) not in (None, False)]
         if given or args.preset != "paper":
             parser.error(f"--method cam takes no AdvCAM options ({', '.join(given) or '--preset'})")
+    if args.reference and not Numerics.from_args(args).is_default:
+        parser.error("--reference runs the fp32 loop: it takes no --precision or --channels-last")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,8 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     _check_args(args, parser)
     device = start_run(args)
+    numerics = Numerics.from_args(args)
     model, meta = load_classifier(args.classifier, device)
     model.eval()
+    numerics.prepare(model)
     manifest = read_manifest(args.manifest)
     class_names = tuple(meta.get("class_names", manifest.class_names))
     if class_names != manifest.class_names or model.num_classes != manifest.num_classes:
@@ -152,7 +161,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.method == "cam":
         scales = _scales(args.scales) if args.scales is not None else CAM_SCALES
         flip = True if args.flip is None else args.flip
-        compute = CamSeeds(model, device, scales, flip)
+        compute = CamSeeds(model, device, scales, flip, numerics)
         params: Mapping[str, Any] = {"scales": list(scales), "flip": flip}
     else:
         config = advcam_config(args)
@@ -161,14 +170,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             saliency = MapReader(args.saliency)
             saliency.require(ids)
         records: list[ImageRecord] = [manifest.record(i) for i in ids]
-        compute = AdvCamSeeds(model, records, config, device, saliency, reference=args.reference)
+        compute = AdvCamSeeds(model, records, config, device, saliency, reference=args.reference,
+                              numerics=numerics)
         params = config.params(saliency=saliency is not None)
         if saliency is not None:  # which saliency restricted the climb: part of the maps' identity
             params = {**params, "saliency": {"method": str(saliency.attrs.get("method", "")),
                                              "params": saliency.params}}
     # Identity of what the maps are computed from: a partial shard of another classifier or other
     # images is started over, not continued (`store.maps.MapWriter`).
-    params = {**params, "classifier": model_identity(args.classifier, meta), "images": manifest.content_digest()}
+    # The precision and memory format: only where not the defaults (maps made before keep theirs).
+    params = {**params, "classifier": model_identity(args.classifier, meta), "images": manifest.content_digest(),
+              **numerics.params()}
     try:
         computed = write_seed_shard(manifest, args.shard, args.num_shards, args.out, compute, args.method,
                                     params)

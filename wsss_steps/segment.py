@@ -1,6 +1,7 @@
 """Predictions of the segmentation network for one shard of a split (multi-scale + flip, dCRF with
 ``--crf``) into HDF5: ``mask`` and ``mask_crf`` (H, W) per image; ``--gallery N`` predicts only the
-report gallery's images.
+report gallery's images. ``--precision bf16|fp16`` (autocast) and ``--channels-last`` are recorded
+in the file's params (nothing at the defaults).
 
 What it computes, and why: `wsss_steps.methods.segmentation`.
 
@@ -31,6 +32,7 @@ from wsss_steps.data.images import read_image
 from wsss_steps.data.manifest import ImageRecord, read_manifest, spread_ids
 from wsss_steps.methods.segmentation import DEFAULT_SCALES, STAGE, predict_image
 from wsss_steps.networks.io import model_identity
+from wsss_steps.networks.numerics import Numerics
 from wsss_steps.networks.segmentation import load_segmentation
 from wsss_steps.store.shards import write_map_shard
 
@@ -50,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=True,
                         help="also store the dCRF-refined prediction mask_crf (default: yes)")
     parser.add_argument("--method", default="", help="method name stored in the file (default: the model's)")
-    add_run_arguments(parser)
+    add_run_arguments(parser, numerics=True)
     return parser
 
 
@@ -67,6 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ids = set(spread_ids(manifest.ids, args.gallery))
         manifest = dataclasses.replace(manifest, records=[r for r in manifest.records if r.image_id in ids])
     model, meta = load_segmentation(args.model, device)
+    numerics = Numerics.from_args(args)
+    numerics.prepare(model)
     if tuple(meta.get("class_names", manifest.class_names)) != manifest.class_names:
         raise SystemExit(f"segment: {args.model} was trained on classes {meta['class_names']}, "
                          f"{args.manifest} has {list(manifest.class_names)}")
@@ -76,11 +80,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             image = read_image(record.image_path)
         except (OSError, ValueError) as error:
             raise SystemExit(f"segment: image {record.image_id!r}: {error}") from error
-        return predict_image(model, image, device, args.scales, args.flip, args.crf)
+        return predict_image(model, image, device, args.scales, args.flip, args.crf, numerics)
 
     params = {"scales": list(args.scales), "flip": args.flip, "crf": args.crf,
               "model": model_identity(args.model, meta),
-              "images": manifest.content_digest(), "crf_settings": "deeplab" if args.crf else None}
+              "images": manifest.content_digest(), "crf_settings": "deeplab" if args.crf else None,
+              **numerics.params()}
     count = write_map_shard(manifest, args.shard, args.num_shards, args.out, compute, stage=STAGE,
                             method=args.method or str(meta.get("name", "")) or "segmentation", params=params)
     log.info("wrote %s (%d images computed in this run)", args.out, count)

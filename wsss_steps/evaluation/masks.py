@@ -10,6 +10,10 @@ error naming the image and file. Scores are fractions in [0, 1] (not percent).
 
 Outputs: the curve (one row per threshold), per-class scores at the best threshold (highest mIoU,
 the lowest threshold on a tie) and summary rows in the long form of results/summary.csv.
+
+Sharded (evaluation.shards): each shard job saves its images' summed matrices
+(`write_confusion_shard`); the merge sums them (`merge_confusion_shards`) and writes the same
+outputs from the sum, so they equal the unsharded scoring's (the matrices are integer counts).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +38,7 @@ from wsss_steps.evaluation.metrics import (
 )
 from wsss_steps.methods.crf import IRN_CRF, crf_from_labels
 from wsss_steps.methods.labels import foreground_argmax, padded_argmax
-from wsss_steps.store.maps import MapReader, MapStoreError
+from wsss_steps.store.maps import MapReader, MapStoreError, shard_ids
 
 log = logging.getLogger(__name__)
 
@@ -273,6 +277,76 @@ def evaluate_label_maps(manifest: Manifest, map_path: str | Path, map_name: str)
                                       f"outside 0..{num_labels - 1}")
             total += confusion_matrix(mask, labels, num_labels)
     return total
+
+
+def shard_manifest(manifest: Manifest, shard: int, num_shards: int) -> Manifest:
+    """The manifest's images of one shard (the inference stages' assignment, `shard_ids`)."""
+    ids = set(shard_ids(manifest.ids, shard, num_shards))
+    return replace(manifest, records=[r for r in manifest.records if r.image_id in ids])
+
+
+def write_confusion_shard(path: str | Path, confusions: np.ndarray, thresholds: Sequence[float] | None,
+                          part: Manifest, shard: int, num_shards: int) -> None:
+    """Saves one shard's summed confusion matrices (.npz): ``confusions`` (T, L, L) int64 with its
+    ``thresholds`` (T,), or the one matrix (L, L) of an unswept scoring (``thresholds`` None), and
+    what `merge_confusion_shards` checks: the shard's image ids, class names, shard and count."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("wb") as handle:  # a file object: np.savez would append .npz to a name
+        np.savez(handle, confusions=np.asarray(confusions, dtype=np.int64),
+                 thresholds=np.asarray([] if thresholds is None else thresholds, dtype=np.float64),
+                 swept=np.bool_(thresholds is not None), image_ids=np.asarray(part.ids, dtype=str),
+                 class_names=np.asarray(part.class_names, dtype=str), shard=np.int64(shard),
+                 num_shards=np.int64(num_shards))
+    os.replace(tmp, path)
+
+
+def merge_confusion_shards(paths: Sequence[str | Path], manifest: Manifest
+                           ) -> tuple[np.ndarray, list[float] | None, int]:
+    """The sum of the shard files of one scoring (`write_confusion_shard`): the confusion
+    matrices, the thresholds (None: unswept) and the number of images.
+
+    The files must be the shards 0..N-1 (N = len(paths)) of this manifest, each holding exactly
+    its shard's images, with the same classes and thresholds; anything else is an EvaluationError
+    naming the file (e.g. a shard left from an older manifest or another shard count).
+    """
+    num_shards = len(paths)
+    if not num_shards:
+        raise EvaluationError("no shard files to merge")
+    total: np.ndarray | None = None
+    first: tuple[bool, list[float]] | None = None
+    seen: dict[int, Path] = {}
+    num_images = 0
+    for path in map(Path, paths):
+        with np.load(path, allow_pickle=False) as data:
+            shard, count = int(data["shard"]), int(data["num_shards"])
+            if count != num_shards or not 0 <= shard < num_shards:
+                raise EvaluationError(f"{path} is shard {shard} of {count}; {num_shards} shard files were given")
+            if shard in seen:
+                raise EvaluationError(f"{path} and {seen[shard]} are both shard {shard}")
+            seen[shard] = path
+            if tuple(data["class_names"].tolist()) != manifest.class_names:
+                raise EvaluationError(f"{path} scores the classes {data['class_names'].tolist()}, the manifest "
+                                      f"has {list(manifest.class_names)}")
+            if data["image_ids"].tolist() != shard_ids(manifest.ids, shard, num_shards):
+                raise EvaluationError(f"{path} does not hold the images of shard {shard} of {num_shards} of "
+                                      f"the manifest (split {manifest.split!r}): made from another manifest?")
+            sweep = (bool(data["swept"]), data["thresholds"].tolist())
+            if first is None:
+                first = sweep
+            elif sweep != first:
+                raise EvaluationError(f"{path} is scored at thresholds {sweep[1]}, the first shard at {first[1]}")
+            confusions = data["confusions"]
+            if total is None:
+                total = np.zeros_like(confusions, dtype=np.int64)
+            if confusions.shape != total.shape:
+                raise EvaluationError(f"{path} holds confusion matrices {confusions.shape}, the first shard "
+                                      f"{total.shape}")
+            total += confusions
+            num_images += len(data["image_ids"])
+    assert total is not None and first is not None
+    return total, first[1] if first[0] else None, num_images
 
 
 def best_index(mious: np.ndarray) -> int:

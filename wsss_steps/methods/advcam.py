@@ -79,7 +79,14 @@ in one computation and not in another, the normalised step carries the differenc
 flips follow. Convolutions of batch 1 and batch N round differently, so in float32 the batched
 maps match the loop to ~1e-6 for a few steps but drift apart by up to ~1e-1 in places after 27
 steps (both are equally valid AdvCAM maps); in float64 they agree exactly. The same holds between
-devices or thread counts.
+devices or thread counts. (3) Precision (`Numerics`, the run-level keys ``precision`` and
+``channels_last``; opt-in): with bf16 / fp16 the forward passes (features, CAMs, logits) run under
+autocast and their outputs are cast to float32 at once, so the penalty, the maps and the gradient
+ascent step x^t = x^{t-1} + ξ ∇/max|∇| stay float32 (∇_x comes back float32, as x is); the dead
+zone of (1) widens to the autocast dtype's epsilon, its rounding. The climb amplifies the
+coarser rounding as it does batch-size rounding (`benchmarks/advcam_precision.py` measures the
+seeds' mIoU against fp32's on MSRC). On the CPU the climbing input is channels-last at any setting
+(oneDNN is faster so; `climb`); ``channels_last`` converts the network too, on every device.
 """
 
 from __future__ import annotations
@@ -100,6 +107,7 @@ from wsss_steps.data.manifest import ImageRecord
 from wsss_steps.methods.cams import ScaleMerger, resize_batch, strided_size
 from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.inputs import image_to_tensor
+from wsss_steps.networks.numerics import FP32, Numerics
 from wsss_steps.store.maps import MapReader
 
 log = logging.getLogger(__name__)
@@ -249,13 +257,14 @@ def _background(saliency: torch.Tensor, size: tuple[int, int], threshold: float)
 
 def climb(model: CamClassifier, images: torch.Tensor, classes: torch.Tensor,
           coefficients: torch.Tensor, config: AdvCamConfig, steps: int,
-          saliency: torch.Tensor | None = None) -> torch.Tensor:
+          saliency: torch.Tensor | None = None, numerics: Numerics = FP32) -> torch.Tensor:
     """Climbs G images (already at their scale) for one class each, all in one batch.
 
     ``images`` (G, 3, h, w); ``classes`` (G,) the class each climb raises; ``coefficients``
     (G, C) the logit weights of L (+1 for the class, −1 for the suppressed ones); ``saliency``
     (G, H, W) in [0, 1] for AdvCAM-Sal. Returns the flip-merged Σ_t ReLU(A^t) maps (G, h', w') at
-    the CAM resolution, unnormalised. Call inside `frozen_eval`.
+    the CAM resolution, unnormalised. Call inside `frozen_eval`. The forward passes run under
+    ``numerics`` (autocast), everything else in float32 (module docstring, "Numerics").
     """
     pair = config.samples_per_climb
     groups = images.shape[0]
@@ -263,10 +272,11 @@ def climb(model: CamClassifier, images: torch.Tensor, classes: torch.Tensor,
         x = torch.stack([images, images.flip(-1)], dim=1).flatten(0, 1)
     else:
         x = images
-    if steps > 1 and x.device.type == "cpu":
+    if numerics.channels_last or (steps > 1 and x.device.type == "cpu"):
         # oneDNN's convolutions and their backward run ~10 % faster on NHWC input here; without
         # climbing (T ≤ 1) the layout of `multiscale_cams` keeps the clean CAMs bit for bit equal.
         x = x.contiguous(memory_format=torch.channels_last)
+    dead_zone = _dead_zone(numerics)
     target = classes.repeat_interleave(pair)
     coefficients = coefficients.repeat_interleave(pair, dim=0)
     rows = torch.arange(x.shape[0], device=x.device)
@@ -278,8 +288,10 @@ def climb(model: CamClassifier, images: torch.Tensor, classes: torch.Tensor,
         climbing = t < maps - 1
         with torch.set_grad_enabled(climbing):
             x_var = x.detach().requires_grad_(climbing)
-            features = model.features(x_var)
-            cams = model.cams_from_features(features)
+            with numerics.autocast(x.device):
+                features = model.features(x_var)
+                cams = model.cams_from_features(features)
+            cams = cams.float()  # the same tensor in fp32
             attribution = cams[rows, target]
             if config.attribution == "gradcam":
                 attribution = _gradcam_scaling(model, attribution, target, pair)
@@ -292,18 +304,27 @@ def climb(model: CamClassifier, images: torch.Tensor, classes: torch.Tensor,
             if not climbing:
                 break
             if config.logits == "plain":
-                logits = model.logits_from_features(features)
+                with numerics.autocast(x.device):
+                    logits = model.logits_from_features(features)
+                logits = logits.float()
             else:
                 logits = F.relu(cams).mean(dim=(2, 3))
             objective = (coefficients * logits).sum()
             assert initial is not None
             penalty = _batched_penalty(attribution, initial, background, config, groups, pair,
-                                       _penalty_weights(model, target, config))
+                                       _penalty_weights(model, target, config), dead_zone)
             (grad,) = torch.autograd.grad(objective - config.penalty_weight * penalty, x_var)
         x = _batched_step(x, grad, config, groups, pair)
     assert total_map is not None
     total_map = total_map.reshape(groups, pair, *total_map.shape[-2:])
     return total_map[:, 0] + total_map[:, 1].flip(-1) if pair == 2 else total_map[:, 0]
+
+
+def _dead_zone(numerics: Numerics) -> float:
+    """|A − A⁰| within this fraction of max|A⁰| is rounding (module docstring, "Numerics")."""
+    if numerics.precision == "fp32":
+        return SIGN_DEAD_ZONE
+    return max(SIGN_DEAD_ZONE, torch.finfo(numerics.dtype).eps)
 
 
 def _gradcam_scaling(model: CamClassifier, attribution: torch.Tensor, target: torch.Tensor,
@@ -327,9 +348,9 @@ def _penalty_weights(model: CamClassifier, target: torch.Tensor, config: AdvCamC
 
 def _batched_penalty(attribution: torch.Tensor, initial: torch.Tensor, background: torch.Tensor | None,
                      config: AdvCamConfig, groups: int, pair: int,
-                     weights: torch.Tensor | None = None) -> torch.Tensor:
+                     weights: torch.Tensor | None = None, dead_zone: float = SIGN_DEAD_ZONE) -> torch.Tensor:
     """Σ over climbs of w ‖M ⊙ |A − A⁰|‖₁ (per sample, or on the flip-merged map); ``weights`` (per
-    sample, equal within a flip pair) default to 1."""
+    sample, equal within a flip pair) default to 1; changes within ``dead_zone`` · max|A⁰| count 0."""
     if config.merge_flips_in_loss:
         attribution = attribution.reshape(groups, pair, *attribution.shape[-2:])
         initial = initial.reshape(groups, pair, *initial.shape[-2:])
@@ -345,7 +366,7 @@ def _batched_penalty(attribution: torch.Tensor, initial: torch.Tensor, backgroun
         if background is not None:
             mask = mask | background
         change = (attribution - initial).abs()
-        mask = mask & (change > SIGN_DEAD_ZONE * initial.abs().flatten(1).amax(1)[:, None, None])
+        mask = mask & (change > dead_zone * initial.abs().flatten(1).amax(1)[:, None, None])
     per_map = (mask * (attribution - initial).abs()).flatten(1).sum(1)
     if weights is None:
         return per_map.sum()
@@ -425,13 +446,15 @@ def _empty_maps(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
 
 def advcam_maps(model: CamClassifier, images: Sequence[torch.Tensor], keys: Sequence[Sequence[int]],
                 config: AdvCamConfig | None = None,
-                saliency: Sequence[torch.Tensor] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+                saliency: Sequence[torch.Tensor] | None = None,
+                numerics: Numerics = FP32) -> list[tuple[np.ndarray, np.ndarray]]:
     """AdvCAM maps of several images, batched.
 
     ``images``: normalised (1, 3, H, W) tensors on the model's device; ``keys``: each image's label
-    classes; ``saliency``: one (H, W) map in [0, 1] per image for AdvCAM-Sal. Images of the same
-    size share batches. Returns, per image, max-normalised float32 maps (K, H, W) and
-    (K, ⌈H/4⌉, ⌈W/4⌉), one per key, as `multiscale_cams`.
+    classes; ``saliency``: one (H, W) map in [0, 1] per image for AdvCAM-Sal; ``numerics``: the
+    forward passes' precision and memory format (with ``channels_last``, the model converted by
+    `Numerics.prepare`). Images of the same size share batches. Returns, per image, max-normalised
+    float32 maps (K, H, W) and (K, ⌈H/4⌉, ⌈W/4⌉), one per key, as `multiscale_cams`.
     """
     config = config or AdvCamConfig()
     if saliency is not None and len(saliency) != len(images):
@@ -469,7 +492,7 @@ def advcam_maps(model: CamClassifier, images: Sequence[torch.Tensor], keys: Sequ
                         chunk_saliency = torch.stack([saliency[i] for _, i, _ in chunk]).to(batch.device)
                     climb_maps.extend(climb(model, scaled[rows], classes,
                                             coefficients[start:start + per_chunk], config, steps,
-                                            chunk_saliency))
+                                            chunk_saliency, numerics))
                 position = 0
                 for image_index in members:
                     count = len(keys[image_index])
@@ -598,13 +621,17 @@ class AdvCamSeeds:
     """
 
     def __init__(self, model: CamClassifier, records: Sequence[ImageRecord], config: AdvCamConfig,
-                 device: torch.device, saliency: MapReader | None = None, reference: bool = False):
+                 device: torch.device, saliency: MapReader | None = None, reference: bool = False,
+                 numerics: Numerics = FP32):
+        if reference and not numerics.is_default:
+            raise ValueError("the reference loop runs in fp32 without channels-last; it takes no other numerics")
         self.model = model
         self.records = list(records)
         self.config = config
         self.device = device
         self.saliency = saliency
         self.reference = reference
+        self.numerics = numerics
         self._cache: dict[str, dict[str, np.ndarray]] = {}
         self._groups: dict[str, list[ImageRecord]] = {}
         group: list[ImageRecord] = []
@@ -641,7 +668,7 @@ class AdvCamSeeds:
         group = self._groups.get(record.image_id, [record])
         loaded = [self._load(member) for member in group]
         results = advcam_maps(self.model, [image for image, _ in loaded], [m.labels for m in group], self.config,
-                              None if self.saliency is None else [sal for _, sal in loaded])
+                              None if self.saliency is None else [sal for _, sal in loaded], self.numerics)
         asked = next(i for i, member in enumerate(group) if member.image_id == record.image_id)
         for member, (full, stride4) in zip(group[asked + 1:], results[asked + 1:], strict=True):
             self._cache[member.image_id] = {"cam": full, "cam_stride4": stride4}

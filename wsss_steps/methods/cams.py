@@ -2,7 +2,9 @@
 
 For each scale the image is resized, run with its horizontal flip, the maps of the label classes
 are ReLU'd, un-flipped and summed, resized to the image size and to stride 4 (the random walk's
-resolution), summed over scales, then each class map is divided by its max (+1e-5).
+resolution), summed over scales, then each class map is divided by its max (+1e-5). The network
+runs under the step's `Numerics` (bf16 / fp16 autocast, channels-last: opt-in); its maps are cast
+to float32 before they are merged.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from wsss_steps.data.images import read_image
 from wsss_steps.data.manifest import ImageRecord
 from wsss_steps.networks.classifier import CamClassifier
 from wsss_steps.networks.inputs import image_to_tensor
+from wsss_steps.networks.numerics import FP32, Numerics
 
 MAX_NORM_EPS = 1e-5
 
@@ -70,12 +73,13 @@ class ScaleMerger:
 
 @torch.no_grad()
 def multiscale_cams(model: CamClassifier, image: torch.Tensor, keys: Sequence[int],
-                    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0), flip: bool = True,
+                    numerics: Numerics = FP32) -> tuple[np.ndarray, np.ndarray]:
     """CAMs of the classes ``keys`` for one normalised image (1, 3, H, W) on the model's device.
 
     Returns max-normalised maps at full resolution (K, H, W) and at stride 4 (K, ⌈H/4⌉, ⌈W/4⌉).
-    The model must be in eval mode (BatchNorm statistics frozen).
+    The model must be in eval mode (BatchNorm statistics frozen); with ``numerics.channels_last``,
+    converted by `Numerics.prepare`.
     """
     height, width = image.shape[-2:]
     merger = ScaleMerger(height, width)
@@ -87,7 +91,9 @@ def multiscale_cams(model: CamClassifier, image: torch.Tensor, keys: Sequence[in
         batch = resize_batch(image, scale)
         if flip:
             batch = torch.cat([batch, batch.flip(-1)])
-        cams = F.relu(model.cams_from_features(model.features(batch)))[:, key_index]
+        with numerics.autocast(batch.device):
+            cams = model.cams_from_features(model.features(numerics.layout(batch)))
+        cams = F.relu(cams.float())[:, key_index]
         maps = cams[0] + cams[1].flip(-1) if flip else cams[0]
         merger.add(maps)
     return merger.result()
@@ -97,13 +103,14 @@ class CamSeeds:
     """The per-image compute function of `write_seed_shard` for CAM seeds (method ``cam``)."""
 
     def __init__(self, model: CamClassifier, device: torch.device, scales: Sequence[float] = (1.0, 0.5, 1.5, 2.0),
-                 flip: bool = True):
+                 flip: bool = True, numerics: Numerics = FP32):
         self.model = model
         self.device = device
         self.scales = tuple(scales)
         self.flip = flip
+        self.numerics = numerics
 
     def __call__(self, record: ImageRecord) -> dict[str, np.ndarray]:
         image = image_to_tensor(read_image(record.image_path), self.device)
-        full, stride4 = multiscale_cams(self.model, image, record.labels, self.scales, self.flip)
+        full, stride4 = multiscale_cams(self.model, image, record.labels, self.scales, self.flip, self.numerics)
         return {"cam": full, "cam_stride4": stride4}

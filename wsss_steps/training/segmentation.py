@@ -23,6 +23,19 @@ class MaskError(ValueError):
     """A training mask that is missing or does not fit its image; the message names the image."""
 
 
+def checked_label_mask(mask: np.ndarray, image_id: str, source: str, shape: tuple[int, int],
+                       num_labels: int) -> np.ndarray:
+    """``mask`` when it has the image's ``shape`` and values in 0..num_labels − 1 and 255, else a
+    MaskError naming the image and where the mask came from."""
+    if mask.shape != shape:
+        raise MaskError(f"image {image_id!r}: mask in {source} is {mask.shape}, the image is {shape}")
+    bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(num_labels), IGNORE_LABEL])
+    if bad.size:
+        raise MaskError(f"image {image_id!r}: mask in {source} holds values {bad.tolist()} outside "
+                        f"0..{num_labels - 1} and {IGNORE_LABEL}")
+    return mask
+
+
 class MaskSource:
     """Each training image's label mask: from a pseudo-mask HDF5 file or the ground truth.
 
@@ -71,13 +84,7 @@ class MaskSource:
                 raise MaskError(f"image {record.image_id!r} in {source} has no dataset {self.mask_name!r} "
                                 f"(it holds {sorted(data)})")
             mask = np.asarray(data[self.mask_name], dtype=np.uint8)
-        if mask.shape != shape:
-            raise MaskError(f"image {record.image_id!r}: mask in {source} is {mask.shape}, the image is {shape}")
-        bad = np.setdiff1d(np.unique(mask), np.r_[np.arange(self.num_labels), IGNORE_LABEL])
-        if bad.size:
-            raise MaskError(f"image {record.image_id!r}: mask in {source} holds values {bad.tolist()} outside "
-                            f"0..{self.num_labels - 1} and {IGNORE_LABEL}")
-        return mask
+        return checked_label_mask(mask, record.image_id, source, shape, self.num_labels)
 
 
 class LabelSource(Protocol):

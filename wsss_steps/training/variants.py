@@ -64,8 +64,8 @@ class VariantSettings:
 class ClassifierVariant:
     """A variant's loss on f's batch and, where it has one, its second network's step.
 
-    ``loss(model, images, labels, step, total_steps)`` returns the loss and named float parts
-    (averaged into the epoch's metrics row); ``after_step(step, total_steps)`` runs after f's
+    ``loss(model, images, labels, step, total_steps)`` returns the loss and named parts, numbers
+    or 0-d tensors left on the device (averaged into the epoch's metrics row); ``after_step(step, total_steps)`` runs after f's
     optimiser step and returns more parts; ``extra_state()`` is what the checkpoint must hold
     besides f and its optimiser.
     """
@@ -123,7 +123,7 @@ class ClassifierVariant:
         return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
 
     def loss(self, model: CamClassifier, images: torch.Tensor, labels: torch.Tensor, step: int,
-             total_steps: int) -> tuple[torch.Tensor, dict[str, float]]:
+             total_steps: int) -> tuple[torch.Tensor, dict[str, float | torch.Tensor]]:
         s = self.settings
         logits, cams = model.forward_with_cams(images)
         if s.loss == "softmax":
@@ -133,9 +133,9 @@ class ClassifierVariant:
         targets = smooth_labels(labels, s.label_smoothing)
         class_loss = F.multilabel_soft_margin_loss(logits, targets)
         loss = class_loss
-        parts: dict[str, float] = {}
+        parts: dict[str, float | torch.Tensor] = {}
         if self.puzzle or self.cse:
-            parts["class_loss"] = class_loss.item()
+            parts["class_loss"] = class_loss.detach()
         if self.puzzle:
             _, tile_cams = model.forward_with_cams(tile_images(images))
             merged = merge_tiles(tile_cams, images.shape[0])
@@ -146,7 +146,7 @@ class ClassifierVariant:
             reconstruction = ((cams - merged).abs() * (labels > 0).float()[:, :, None, None]).mean()
             alpha = linear_ramp(step, total_steps, 0.0, s.puzzle_alpha, over=s.puzzle_ramp)
             loss = loss + puzzle_class_loss + alpha * reconstruction
-            parts.update(puzzle_class_loss=puzzle_class_loss.item(), reconstruction_loss=reconstruction.item(),
+            parts.update(puzzle_class_loss=puzzle_class_loss.detach(), reconstruction_loss=reconstruction.detach(),
                          alpha=alpha)
         if self.cse:
             chosen = choose_positive_class(labels, self._step_generator(step))
@@ -157,12 +157,12 @@ class ClassifierVariant:
             erased_loss = F.multilabel_soft_margin_loss(ordinary_logits, smooth_labels(others, s.label_smoothing))
             weight = linear_ramp(step, total_steps, *s.cse_lambda)
             loss = loss + weight * erased_loss
-            parts.update(erased_loss=erased_loss.item(), cse_lambda=weight)
+            parts.update(erased_loss=erased_loss.detach(), cse_lambda=weight)
             if self.noc:
                 self._pending = (images.detach(), cams.detach(), chosen, targets.detach())
         return loss, parts
 
-    def after_step(self, step: int, total_steps: int) -> dict[str, float]:
+    def after_step(self, step: int, total_steps: int) -> dict[str, float | torch.Tensor]:
         """P-NOC's adversarial step of noc on f's step ``step`` (every k_noc-th step)."""
         if not self.noc or self._pending is None:
             return {}
@@ -190,7 +190,7 @@ class ClassifierVariant:
         finally:
             self.ordinary.eval()
             self.ordinary.requires_grad_(False)
-        return {"noc_loss": noc_loss.item(), "noc_lambda": weight, "erased_fraction": erased.mean().item()}
+        return {"noc_loss": noc_loss.detach(), "noc_lambda": weight, "erased_fraction": erased.mean().detach()}
 
 
 # The schema's enum of classifiers.<name>.variant equals these names (tests/test_structure.py):

@@ -178,11 +178,34 @@ def ground_truth_subset(experiment: Mapping[str, Any]) -> str | None:
     return segmentation.get("ground_truth_subset") if isinstance(segmentation, Mapping) else None
 
 
+SEMI_METHODS = ("mix", "cct")  # segmentation.method of a semi-supervised experiment (docs/methods.md §6, §10)
+
+
+def semi_supervised_method(experiment: Mapping[str, Any]) -> dict[str, Any]:
+    """A semi-supervised experiment's training method, with its defaults: `mix` (one network on the
+    subset's ground truth and the others' pseudo masks) or `cct` (cross-consistency training, with
+    `weak_labels` and the auxiliary `decoders` per perturbation over CCT's counts)."""
+    segmentation = experiment.get("segmentation")
+    settings = dict(segmentation) if isinstance(segmentation, Mapping) else {}
+    method = {"method": settings.get("method", "mix")}
+    if method["method"] == "cct":
+        method["weak_labels"] = bool(settings.get("weak_labels", True))
+        method["decoders"] = dict(settings.get("decoders") or {})
+    return method
+
+
 def segmentation_name(experiment: Mapping[str, Any]) -> str:
     """The segmentation network's name ({masks} in paths, `method` in the summary and the report):
-    the seeds name, `full`, or `<seeds>+<subset file's stem>` for the semi-supervised setting."""
+    the seeds name, `full`, or `<seeds>+<subset file's stem>` for the semi-supervised setting, with
+    `+cct` (`+cct_noweak` without weak labels) for cross-consistency training."""
     subset = ground_truth_subset(experiment)
-    return f"{experiment['seeds']}+{Path(subset).stem}" if subset else experiment["seeds"]
+    if not subset:
+        return experiment["seeds"]
+    name = f"{experiment['seeds']}+{Path(subset).stem}"
+    method = semi_supervised_method(experiment)
+    if method["method"] == "cct":
+        name += "+cct" if method["weak_labels"] else "+cct_noweak"
+    return name
 
 
 def check_references(config: Mapping[str, Any]) -> list[str]:
@@ -202,9 +225,11 @@ def check_references(config: Mapping[str, Any]) -> list[str]:
     seen: dict[tuple[Any, Any, Any], int] = {}
     for index, experiment in enumerate(config.get("experiments", [])):
         subset = ground_truth_subset(experiment)
-        key = (experiment.get("classifier"), experiment.get("seeds"), Path(subset).stem if subset else None)
+        key = (experiment.get("classifier"), experiment.get("seeds"), segmentation_name(experiment) if subset else None)
         if key in seen:
-            also = f" and ground-truth subset {key[2]!r}" if subset else ""
+            also = f" and ground-truth subset {Path(subset).stem!r}" if subset else ""
+            if subset and semi_supervised_method(experiment)["method"] != "mix":
+                also += f" (network {key[2]!r})"
             problems.append(f"experiments[{index}]: classifier {key[0]!r} with seeds {key[1]!r}{also} is listed "
                             f"twice (also experiments[{seen[key]}]); its results would be computed once")
         seen.setdefault(key, index)
@@ -227,8 +252,11 @@ def _check_subset(index: int, experiment: Mapping[str, Any], subset: str) -> lis
     where = f"experiments[{index}].segmentation.ground_truth_subset"
     if experiment.get("seeds") == FULL_SUPERVISION:
         return [f"{where}: seeds {FULL_SUPERVISION!r} trains on every ground-truth mask already"]
-    if experiment.get("pseudo_masks") is False:
+    method = semi_supervised_method(experiment)
+    if experiment.get("pseudo_masks") is False and (method["method"] == "mix" or method["weak_labels"]):
         return [f"{where}: the other images train on pseudo masks; this experiment has pseudo_masks: false"]
+    if method["method"] == "mix" and {"weak_labels", "decoders"} & set(experiment["segmentation"]):
+        return [f"experiments[{index}].segmentation: weak_labels and decoders are settings of method cct"]
     try:
         read_id_list(Path(subset))
     except DatasetError as error:

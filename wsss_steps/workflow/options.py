@@ -144,8 +144,11 @@ def wsol_calibration_options(inputs: Mapping[str, str]) -> str:
 def pseudo_mask_settings(settings: Mapping[str, Any]) -> Mapping[str, Any]:
     """The pseudo_masks section as its rule's command uses it (a param: changed, it reruns): without
     dCRF, crf_iterations and crf_gt_prob are unused, and a change of them reruns nothing. With dCRF
-    (the default) it is the whole section, as the rule's params were before."""
-    return settings if settings["crf"] else {"crf": False}
+    (the default) it is the whole section, as the rule's params were before. ``shards`` (how many
+    jobs compute the masks, not what they are) is never in it."""
+    if not settings["crf"]:
+        return {"crf": False}
+    return {key: value for key, value in settings.items() if key != "shards"}
 
 
 def sweep_options(stage: str, evaluation: Mapping[str, Any], saliency_background: bool,
@@ -202,9 +205,64 @@ def segmentation_inference_options(settings: Mapping[str, Any]) -> str:
 def segmentation_sources(inputs: Mapping[str, str]) -> str:
     """train_segmentation's labels and initialisation: `--ground-truth` (no pseudo masks: full
     supervision) or `--masks FILE` (with `--ground-truth-subset FILE` for the semi-supervised
-    setting), and `--init-classifier FILE` where the backbone starts from the classifier."""
+    setting; the subset alone for CCT without weak labels), and `--init-classifier FILE` where the
+    backbone starts from the classifier."""
     init = path_option("init-classifier", inputs.get("classifier"))
-    masks = path_option("masks", inputs["masks"]) if "masks" in inputs else "--ground-truth"
     if "ground_truth_subset" in inputs:
-        masks += f" {path_option('ground-truth-subset', inputs['ground_truth_subset'])}"
+        subset = path_option("ground-truth-subset", inputs["ground_truth_subset"])
+        # No masks with a subset: CCT without weak labels (semi_supervised_options).
+        masks = f"{path_option('masks', inputs['masks'])} {subset}" if "masks" in inputs else subset
+    else:
+        masks = path_option("masks", inputs["masks"]) if "masks" in inputs else "--ground-truth"
     return f"{masks} {init}"
+
+
+def semi_supervised_options(method: Mapping[str, Any]) -> str:
+    """train_segmentation's options of a semi-supervised experiment's method (`semi_supervised_method`):
+    nothing for `mix` (its command line as before), ` --semi-method cct` and the decoder counts set
+    in the config for `cct` (without weak labels its rule gives no --masks). A leading space: the
+    rule appends this to its sources."""
+    if method["method"] != "cct":
+        return ""
+    counts = [f"{name}={count}" for name, count in sorted(method["decoders"].items())]
+    return " --semi-method cct" + (f" --cct-decoders {cli_value(counts)}" if counts else "")
+
+
+def job_device(device: str, gpu: int | bool) -> str:
+    """A job's --device: `cuda` where the job asks the scheduler for a GPU (``gpu``) and the config
+    says `auto`, so that a job given a GPU it cannot use fails at its start instead of running on
+    the CPU for hours (resolve_device); an explicit `cpu`, `cuda` or `cuda:N` is taken as given."""
+    return "cuda" if gpu and device == "auto" else device
+
+
+def runtime_per_attempt(base: int | Callable[[Any], int]) -> Callable[[Any, int], int]:
+    """A rule's runtime resource (minutes) that grows with the attempt: ``base`` (a number, or a
+    function of the wildcards) the first time, twice that on the first retry, and so on, so that a
+    job killed at its time limit gets more time when it is retried (the SLURM profile's
+    `retries`). Snakemake passes the arguments by these names."""
+
+    def runtime(wildcards: Any, attempt: int) -> int:
+        minutes = base(wildcards) if callable(base) else base
+        return int(minutes) * attempt
+
+    return runtime
+
+
+def partition(resources: Mapping[str, Any], gpu: int | bool) -> dict[str, str]:
+    """`slurm_partition` of a job: resources.gpu_partition where it asks for a GPU, else
+    resources.cpu_partition; nothing where that key is empty, so that the profile's
+    default-resources (or --default-resources) choose, and without them the cluster's default."""
+    name = resources.get("gpu_partition" if gpu else "cpu_partition") or ""
+    return {"slurm_partition": name} if name else {}
+
+
+def precision_options(config: Mapping[str, Any]) -> str:
+    """``--precision`` and ``--channels-last`` (run-level keys) of the trainings and the network
+    inference stages, each only off its default: at the defaults a rule's options, and so its
+    params, are those of before."""
+    words = []
+    if config.get("precision", "fp32") != "fp32":
+        words.append(f"--precision {shlex.quote(config['precision'])}")
+    if config.get("channels_last", False):
+        words.append("--channels-last")
+    return "".join(f" {word}" for word in words)

@@ -139,6 +139,42 @@ def wsol_row_files(dataset: str, config: Config) -> list[str]:
             for e in wsol_experiments(config)]
 
 
+def evaluation_shards(config: Config) -> int:
+    """How many shard jobs each of a dataset's swept evaluations runs as (1: one job, no merge)."""
+    return config["evaluation"]["shards"]
+
+
+def sharded_evaluation_datasets(configs: Mapping[str, Config], sharded: bool) -> list[str]:
+    """The datasets whose swept evaluations are sharded (``sharded``) or not: the first are
+    scored by shard jobs and a merge, the others by one job each (a rule's {dataset} constraint,
+    so that exactly one rule makes a sweep's outputs)."""
+    return [name for name, config in configs.items() if (evaluation_shards(config) > 1) == sharded]
+
+
+def sweep_shard_files(dataset: str, config: Config, stage: str, classifier: str, seeds: str) -> list[str]:
+    """The shard files of one swept evaluation, in shard order (the merge's input)."""
+    n = evaluation_shards(config)
+    return [f"results/{dataset}/eval/{stage}/{classifier}/{seeds}/shards/shard-{k}-of-{n}.npz" for k in range(n)]
+
+
+def pseudo_mask_shards(config: Config) -> int:
+    """How many shard jobs each of a dataset's pseudo masks are computed in (1: one job, no merge)."""
+    return config["pseudo_masks"]["shards"]
+
+
+def sharded_pseudo_mask_datasets(configs: Mapping[str, Config], sharded: bool) -> list[str]:
+    """The datasets whose pseudo masks are sharded (``sharded``) or not: the first are made by
+    shard jobs and a merge, the others by one job each (a rule's {dataset} constraint, so that
+    exactly one rule makes an experiment's masks.h5 and png/)."""
+    return [name for name, config in configs.items() if (pseudo_mask_shards(config) > 1) == sharded]
+
+
+def pseudo_mask_shard_files(dataset: str, config: Config, classifier: str, seeds: str) -> list[str]:
+    """The shard files of one experiment's pseudo masks, in shard order (the merge's input)."""
+    n = pseudo_mask_shards(config)
+    return [f"results/{dataset}/pseudo_masks/{classifier}/{seeds}/shards/shard-{k}-of-{n}.h5" for k in range(n)]
+
+
 def summary_row_files(configs: Mapping[str, Config]) -> list[str]:
     """The summary's rows, once each: per dataset its saliency entries, classifiers, WSOL
     experiments and every evaluated stage of every experiment."""
