@@ -16,7 +16,7 @@ from wsss_steps.evaluation.masks import EvaluationError
 from wsss_steps.store.maps import MapWriter, merge_shards, shard_ids, shard_path
 from wsss_steps.workflow.targets import sharded_evaluation_datasets, sweep_shard_files
 
-from .workflow_helpers import job_counts, snakemake, tiny_config, write_config
+from .workflow_helpers import job_counts, snakemake, tiny_config, with_tiny_manifests, write_config
 
 CLASSES = ("cat", "dog", "bird")
 
@@ -130,11 +130,7 @@ def test_shard_files_and_the_datasets_each_rule_takes() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("sharded_evaluation")
-    write_config(workdir, tiny_config())
-    # The dataset and its manifests for real (seconds): the workflow checks them when it starts.
-    snakemake(workdir, "--cores", "1", "results/tiny/data/train.csv", "results/tiny/data/val.csv")
-    return workdir
+    return with_tiny_manifests(tmp_path_factory.mktemp("sharded_evaluation"))
 
 
 def test_planning_with_and_without_evaluation_shards(tiny_run: Path) -> None:

@@ -18,7 +18,7 @@ from wsss_steps.store.maps import MapReader, MapWriter, merge_shards, shard_ids,
 from wsss_steps.workflow.options import cli_options, pseudo_mask_settings
 from wsss_steps.workflow.targets import pseudo_mask_shard_files, sharded_pseudo_mask_datasets
 
-from .workflow_helpers import job_counts, snakemake, tiny_config, write_config
+from .workflow_helpers import job_counts, snakemake, tiny_config, with_tiny_manifests, write_config
 
 CLASSES = ("cat", "dog", "bird")
 WALK_THRESHOLD = 0.3
@@ -131,11 +131,7 @@ def test_shard_files_and_the_datasets_each_rule_takes() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workdir = tmp_path_factory.mktemp("sharded_pseudo_masks")
-    write_config(workdir, tiny_config())
-    # The dataset and its manifests for real (seconds): the workflow checks them when it starts.
-    snakemake(workdir, "--cores", "1", "results/tiny/data/train.csv", "results/tiny/data/val.csv")
-    return workdir
+    return with_tiny_manifests(tmp_path_factory.mktemp("sharded_pseudo_masks"))
 
 
 def test_planning_with_and_without_pseudo_mask_shards(tiny_run: Path) -> None:

@@ -54,6 +54,14 @@ def snakemake(workdir: Path, *args: str, timeout: float = 900) -> subprocess.Com
     return result
 
 
+def with_tiny_manifests(workdir: Path) -> Path:
+    """``workdir`` with the tiny config and its dataset's manifests made for real (seconds): the
+    workflow checks them when it starts, so a dry run plans from there."""
+    write_config(workdir, tiny_config())
+    snakemake(workdir, "--cores", "1", "results/tiny/data/train.csv", "results/tiny/data/val.csv")
+    return workdir
+
+
 def write_config(workdir: Path, config: dict, name: str = "config.yaml") -> Path:
     path = workdir / name
     path.write_text(yaml.safe_dump(config))

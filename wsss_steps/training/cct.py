@@ -15,12 +15,16 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import Dataset
 
-from wsss_steps.data.images import IGNORE_LABEL, read_image, read_label_mask
+from wsss_steps.data.images import IGNORE_LABEL, read_label_mask
 from wsss_steps.data.manifest import Manifest
 from wsss_steps.training.augment import TrainAugmentation, epoch_permutation, sample_rng
-from wsss_steps.training.segmentation import LabelSource, MaskError, checked_label_mask
+from wsss_steps.training.segmentation import (
+    LabelSource,
+    MaskError,
+    SegmentationDataset,
+    checked_label_mask,
+)
 
 # CCT's configs/config.json: unsupervised_w, weakly_loss_w, ramp_up (of the training).
 UNSUPERVISED_WEIGHT = 30.0
@@ -82,28 +86,20 @@ class SubsetGroundTruth:
                                   self.num_labels)
 
 
-class CCTDataset(Dataset):
+class CCTDataset(SegmentationDataset):
     """Items (labelled image, its mask, unlabelled image, its weak label), each (3, crop, crop)
     float32 / (crop, crop) int64; ``len`` = the unlabelled images. ``masks`` gives the labelled
     images' ground truth and the others' weak labels (pseudo masks or all 255)."""
 
     def __init__(self, manifest: Manifest, masks: LabelSource, labelled_ids: Sequence[str],
                  augmentation: TrainAugmentation, seed: int = 0, cache: bool = False):
-        self.manifest = manifest
-        self.masks = masks
+        super().__init__(manifest, masks, augmentation, seed, cache)
         labelled = set(labelled_ids)
         self.labelled = [i for i, r in enumerate(manifest.records) if r.image_id in labelled]
         self.unlabelled = [i for i, r in enumerate(manifest.records) if r.image_id not in labelled]
         if not self.labelled or not self.unlabelled:
             raise MaskError(f"CCT needs labelled and unlabelled images: {len(self.labelled)} of the "
                             f"{len(manifest.records)} images of {manifest.split} are in the ground-truth subset")
-        self.augmentation = augmentation
-        self.seed = seed
-        self.epoch = 0
-        self.cache: dict[int, tuple[np.ndarray, np.ndarray]] | None = {} if cache else None
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.unlabelled)
@@ -114,13 +110,7 @@ class CCTDataset(Dataset):
         return self.labelled[int(order[index % len(self.labelled)])]
 
     def _sample(self, record_index: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.cache is not None and record_index in self.cache:
-            image, mask = self.cache[record_index]
-        else:
-            image = read_image(self.manifest.records[record_index].image_path)
-            mask = self.masks.read(record_index, image.shape[:2])
-            if self.cache is not None:
-                self.cache[record_index] = (image, mask)
+        image, mask = self.image_and_mask(record_index)
         # stream 0: the unlabelled image's draw (as SegmentationDataset's for that index), 1: the labelled one's.
         rng = sample_rng(self.seed, self.epoch, record_index + stream * len(self.manifest.records))
         out = self.augmentation(image, rng, mask)

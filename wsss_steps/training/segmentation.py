@@ -112,14 +112,18 @@ class SegmentationDataset(Dataset):
     def __len__(self) -> int:
         return len(self.manifest.records)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def image_and_mask(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Record ``index``'s image and label map, read once where the images are cached."""
         if self.cache is not None and index in self.cache:
-            image, mask = self.cache[index]
-        else:
-            image = read_image(self.manifest.records[index].image_path)
-            mask = self.masks.read(index, image.shape[:2])
-            if self.cache is not None:
-                self.cache[index] = (image, mask)
+            return self.cache[index]
+        image = read_image(self.manifest.records[index].image_path)
+        mask = self.masks.read(index, image.shape[:2])
+        if self.cache is not None:
+            self.cache[index] = (image, mask)
+        return image, mask
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.image_and_mask(index)
         out = self.augmentation(image, sample_rng(self.seed, self.epoch, index), mask)
         return torch.from_numpy(out["image"]), torch.from_numpy(out["label"].astype(np.int64))
 
