@@ -3,6 +3,8 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= 2
+# pytest-xdist workers for `make test` (a whole test file per worker: its module fixtures are built once).
+TEST_WORKERS ?= 2
 UV := $(shell command -v uv 2>/dev/null || echo $(HOME)/.local/bin/uv)
 
 .PHONY: env run run-all run-msrc test test-slurm lint envs clean-results
@@ -39,7 +41,7 @@ run-msrc: env
 test: env
 	$(BIN)/ruff check wsss_steps tests benchmarks diagnostics
 	$(BIN)/snakemake --lint
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # A one-node SLURM cluster on localhost (installs slurm-wlm and munge when missing; root or sudo):
 # the tiny workflow through --executor slurm equals a local run. See tests/slurm/test_slurm.sh.

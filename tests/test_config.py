@@ -361,3 +361,29 @@ def test_the_configs_the_docs_show_are_valid(page: str) -> None:
     update_config(config, yaml.safe_load(block.group(1)))
     del config["dataset"]["generator"]  # config.yaml's, left out for a dataset of another kind
     check_config(config, SCHEMA)
+
+
+@pytest.mark.parametrize(("overlay", "base"), [("variants.yaml", "config.yaml"),
+                                               ("semi_supervised.yaml", "config.yaml"),
+                                               ("msrc_variants.yaml", "configs/msrc.yaml")])
+def test_the_overlay_configs_pass_the_schema_over_their_base(overlay: str, base: str) -> None:
+    """Each overlay of configs/, merged over the config its header names (as `--configfile`
+    merges it), passes the schema: its documented command starts."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((ROOT / base).read_text())
+    update_config(config, yaml.safe_load((ROOT / "configs" / overlay).read_text()))
+    check_config(config, SCHEMA)
+
+
+def test_the_default_datas_semi_supervised_subset_is_a_fifth_of_its_train_images() -> None:
+    """configs/synth_train_gt20.txt (configs/semi_supervised.yaml): 64 distinct ids of the 320
+    train images config.yaml generates, the draw its header states."""
+    import random
+
+    from wsss_steps.data.generated import image_id
+
+    train_ids = [image_id("train", i) for i in range(DEFAULT["dataset"]["generator"]["num_train"])]
+    subset = (ROOT / "configs" / "synth_train_gt20.txt").read_text().split()
+    assert subset == sorted(random.Random(0).sample(train_ids, len(train_ids) // 5))
+    assert len(set(subset)) == 64
