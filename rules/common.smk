@@ -8,9 +8,8 @@ from snakemake.logging import logger
 sys.path.insert(0, workflow.basedir)
 
 from wsss_steps.data.adapters import open_dataset  # noqa: E402
-from wsss_steps.workflow import options as opts, targets  # noqa: E402
+from wsss_steps.workflow import inputs, options as opts, targets  # noqa: E402
 from wsss_steps.workflow.config import FULL_SUPERVISION, config_files_in_use  # noqa: E402
-from wsss_steps.workflow.config import semi_supervised_method as semi_supervised_method_of  # noqa: E402
 from wsss_steps.workflow.options import cli_options, pairs, path_option, training_params  # noqa: E402
 from wsss_steps.workflow.startup import load_run_configs, run_startup_checks  # noqa: E402
 from wsss_steps.workflow.targets import alternatives, entry_names  # noqa: E402
@@ -108,6 +107,12 @@ wildcard_constraints:
     saliency=alternatives(entry_names(DATASET_CONFIGS, "saliency")),
 
 
+def with_config(function):
+    """An input function of a job's wildcards: ``function(the job's dataset's config, wildcards)``
+    (the functions of wsss_steps.workflow.inputs)."""
+    return lambda wildcards: function(dataset_config(wildcards), wildcards)
+
+
 def saliency_entries(wildcards):
     return targets.saliency_entries(dataset_config(wildcards))
 
@@ -122,31 +127,20 @@ def semi_supervised(wildcards):
     return targets.semi_supervised(dataset_config(wildcards))
 
 
-def masks_seeds(wildcards):
-    """The seeds entry whose pseudo masks a segmentation network trains on (`full`: none)."""
-    semi = semi_supervised(wildcards)
-    return semi[wildcards.masks][0] if wildcards.masks in semi else wildcards.masks
-
-
-# Datasets and their splits (rules/data.smk)
+# Datasets, splits and manifests (rules/data.smk)
 
 
 def dataset_settings(wildcards):
     return DATASETS[wildcards.dataset]
 
 
-def train_split(wildcards):
-    """The split the classifier (and the segmentation network) trains on."""
-    return dataset_settings(wildcards)["train_split"]
+def seed_split(wildcards):
+    """The split seeds, affinity labels, random walk and pseudo masks are computed and evaluated on."""
+    return inputs.seed_split(dataset_config(wildcards))
 
 
 def val_split(wildcards):
-    return dataset_settings(wildcards)["val_split"]
-
-
-def seed_split(wildcards):
-    """The split seeds, affinity labels, random walk and pseudo masks are computed and evaluated on."""
-    return train_split(wildcards)
+    return inputs.val_split(dataset_config(wildcards))
 
 
 def masks_required(wildcards):
@@ -156,20 +150,9 @@ def masks_required(wildcards):
     return wildcards.dataset in GENERATED_DATASETS and wildcards.split == seed_split(wildcards)
 
 
-def manifest(wildcards, split):
-    return f"results/{wildcards.dataset}/data/{split}.csv"
-
-
-def train_manifest(wildcards):
-    return manifest(wildcards, train_split(wildcards))
-
-
-def val_manifest(wildcards):
-    return manifest(wildcards, val_split(wildcards))
-
-
-def seed_manifest(wildcards):
-    return manifest(wildcards, seed_split(wildcards))
+train_manifest = with_config(inputs.train_manifest)
+val_manifest = with_config(inputs.val_manifest)
+seed_manifest = with_config(inputs.seed_manifest)
 
 
 def dataset_source_files(wildcards):
@@ -181,24 +164,27 @@ def dataset_source_files(wildcards):
     return [str(path) for path in dataset_adapter(wildcards.dataset).source_files(wildcards.split)]
 
 
-# Map stages (rules/maps.smk): inferred in shards, each over one split, then merged by merge_maps.
-# Entries are seeds names (and `full` for segmentation); segmentation predicts the val split,
-# the other stages cover the seed split.
-MAP_STAGE_SPLITS = {"seeds": seed_split, "affinity_labels": seed_split, "random_walk": seed_split,
-                    "segmentation": val_split}
+# Map stages (rules/maps.smk, seeds.smk, wsol.smk), networks and their inputs
 
 
 def shard_files(wildcards):
-    """The NUM_SHARDS shard files of one stage's maps, in shard order (merge_maps' input)."""
-    return expand("results/{dataset}/{map_stage}/{classifier}/{entry}/shards/shard-{shard}-of-{n}.h5",
-                  dataset=wildcards.dataset, map_stage=wildcards.map_stage, classifier=wildcards.classifier,
-                  entry=wildcards.entry, shard=range(NUM_SHARDS), n=NUM_SHARDS)
+    return inputs.shard_files(wildcards, NUM_SHARDS)
 
 
-def map_stage_manifest(wildcards):
-    if wildcards.map_stage in WSOL_PARTS:
-        return wsol_part_manifest(wildcards)
-    return manifest(wildcards, MAP_STAGE_SPLITS[wildcards.map_stage](wildcards))
+def saliency_shard_files(wildcards):
+    return inputs.saliency_shard_files(wildcards, NUM_SHARDS)
+
+
+map_stage_manifest = with_config(inputs.map_stage_manifest)
+classifier_inputs = with_config(inputs.classifier_inputs)
+seed_inputs = with_config(inputs.seed_inputs)
+saliency_background_inputs = with_config(inputs.saliency_background_inputs)
+saliency_train_inputs = with_config(inputs.saliency_train_inputs)
+segmentation_train_inputs = with_config(inputs.segmentation_train_inputs)
+semi_supervised_method = with_config(inputs.semi_supervised_method)
+wsol_eval_inputs = with_config(inputs.wsol_eval_inputs)
+wsol_threshold = with_config(inputs.wsol_threshold)
+sweep_maps = with_config(inputs.sweep_maps)
 
 
 def seeds_stage_settings(section, wildcards):
@@ -215,68 +201,12 @@ def classifier_settings(wildcards):
     return dataset_config(wildcards)["classifiers"][wildcards.classifier]
 
 
-def classifier_inputs(wildcards):
-    """The training and validation manifests (a softmax classifier's: the WSOL images of the
-    train and val splits), and the ordinary classifier's model where the variant reads one
-    (OC-CSE, P-OC, P-NOC): another entry's artifact, trained once."""
-    if classifier_settings(wildcards).get("loss") == "softmax":
-        inputs = {"train": wsol_manifest(wildcards, train_split(wildcards)),
-                  "val": wsol_manifest(wildcards, val_split(wildcards))}
-    else:
-        inputs = {"train": train_manifest(wildcards), "val": val_manifest(wildcards)}
-    ordinary = classifier_settings(wildcards).get("ordinary")
-    if ordinary:
-        inputs["ordinary"] = f"results/{wildcards.dataset}/classifier/{ordinary}/model.pt"
-    return inputs
-
-
 def seed_settings(wildcards):
     return dataset_config(wildcards)["seeds"][wildcards.seeds]
 
 
-def saliency_maps_file(wildcards, entry):
-    return f"results/{wildcards.dataset}/saliency/{entry}/maps.h5"
-
-
-def seed_inputs(wildcards):
-    """AdvCAM-Sal reads its saliency entry's maps."""
-    settings = seed_settings(wildcards)
-    return {"saliency": saliency_maps_file(wildcards, settings["saliency"])} if settings.get("saliency") else {}
-
-
-def saliency_background_inputs(wildcards):
-    """Seeds with a saliency background: the seeds entry they take and the saliency entry's maps."""
-    settings = saliency_background_seeds(wildcards)[wildcards.seeds]
-    return {"seeds": f"results/{wildcards.dataset}/seeds/{wildcards.classifier}/{settings['seeds']}/maps.h5",
-            "saliency": saliency_maps_file(wildcards, settings["saliency"])}
-
-
-# Saliency (rules/saliency.smk): trained and inferred on the seed split; evaluated there.
-
-
 def saliency_settings(wildcards):
     return saliency_entries(wildcards)[wildcards.saliency]
-
-
-def saliency_train_inputs(wildcards):
-    """C²AM-H reads its hint seeds, the refinement network its source entry's maps."""
-    settings = saliency_settings(wildcards)
-    inputs = {"manifest": seed_manifest(wildcards)}
-    if settings["method"] == "c2am_h":
-        inputs["hints"] = f"results/{wildcards.dataset}/seeds/{settings['classifier']}/{settings['seeds']}/maps.h5"
-    if settings["method"] == "refined":
-        inputs["masks"] = saliency_maps_file(wildcards, settings["source"])
-    return inputs
-
-
-def saliency_shard_files(wildcards):
-    return expand("results/{dataset}/saliency/{saliency}/shards/shard-{shard}-of-{n}.h5",
-                  dataset=wildcards.dataset, saliency=wildcards.saliency, shard=range(NUM_SHARDS), n=NUM_SHARDS)
-
-
-# WSOL (rules/wsol.smk): maps of the WSOL images of two splits (the box threshold is calibrated on
-# the first, applied to the second), from seeds entries (cam, advcam) or weight_maps entries.
-WSOL_PARTS = {"wsol_calibration": "calibration_split", "wsol_evaluation": "evaluation_split"}
 
 
 def wsol_settings(wildcards):
@@ -287,48 +217,7 @@ def weight_maps(wildcards):
     return dataset_config(wildcards).get("weight_maps") or {}
 
 
-def wsol_manifest(wildcards, split):
-    """The WSOL images of a split (rule wsol_images)."""
-    return f"results/{wildcards.dataset}/wsol_data/{split}.csv"
-
-
-def wsol_part_manifest(wildcards):
-    return wsol_manifest(wildcards, wsol_settings(wildcards)[WSOL_PARTS[wildcards.map_stage]])
-
-
-def wsol_maps(wildcards, part):
-    return f"results/{wildcards.dataset}/{part}/{wildcards.classifier}/{wildcards.entry}/maps.h5"
-
-
-def wsol_threshold(wildcards):
-    return opts.wsol_threshold(wildcards.entry, weight_maps(wildcards))
-
-
-def wsol_eval_inputs(wildcards):
-    inputs = {"maps": wsol_maps(wildcards, "wsol_evaluation"),
-              "manifest": wsol_manifest(wildcards, wsol_settings(wildcards)["evaluation_split"]),
-              "classifier": f"results/{wildcards.dataset}/classifier/{wildcards.classifier}/model.pt"}
-    if wsol_threshold(wildcards) == "calibrate":
-        inputs.update(calibration_maps=wsol_maps(wildcards, "wsol_calibration"),
-                      calibration_manifest=wsol_manifest(wildcards, wsol_settings(wildcards)["calibration_split"]))
-    return inputs
-
-
 # Evaluations (rules/evaluation.smk)
-
-# The swept stages (the seed split; a background-threshold sweep, curve.csv) and the maps each scores.
-SWEEP_MAPS = {
-    "seeds": "seeds/{classifier}/{seeds}/maps.h5",
-    "seeds_crf": "seeds/{classifier}/{seeds}/maps.h5",
-    "pseudo_masks": "random_walk/{classifier}/{seeds}/maps.h5",
-    "pseudo_masks_crf": "pseudo_masks/{classifier}/{seeds}/masks.h5",
-}
-
-
-def sweep_maps(wildcards):
-    path = SWEEP_MAPS[wildcards.sweep_stage].format(classifier=wildcards.classifier, seeds=wildcards.seeds)
-    return f"results/{wildcards.dataset}/{path}"
-
 
 def sweep_options(wildcards):
     """A swept stage's options: exactly the evaluation settings its command uses (options.sweep_options)."""
@@ -375,28 +264,6 @@ def sweep_threads(wildcards):
 
 def segmentation_settings(wildcards):
     return dataset_config(wildcards)["segmentation"]
-
-
-def segmentation_train_inputs(wildcards):
-    inputs = {}
-    if segmentation_settings(wildcards)["init_from_classifier"]:
-        inputs["classifier"] = f"results/{wildcards.dataset}/classifier/{wildcards.classifier}/model.pt"
-    if wildcards.masks != FULL_SUPERVISION and semi_supervised_method(wildcards).get("weak_labels", True):
-        inputs["masks"] = (
-            f"results/{wildcards.dataset}/pseudo_masks/{wildcards.classifier}/{masks_seeds(wildcards)}/masks.h5"
-        )
-    if wildcards.masks in semi_supervised(wildcards):
-        inputs["ground_truth_subset"] = semi_supervised(wildcards)[wildcards.masks][1]
-    return inputs
-
-
-def semi_supervised_method(wildcards):
-    """The segmentation network's semi-supervised method (`mix` where it is none: weakly or fully
-    supervised); CCT without weak labels reads no pseudo masks."""
-    if wildcards.masks not in semi_supervised(wildcards):
-        return {"method": "mix"}
-    experiment = targets.named_experiment(dataset_config(wildcards), wildcards.classifier, wildcards.masks)
-    return semi_supervised_method_of(experiment)
 
 
 # Report (rules/report.smk)

@@ -11,7 +11,7 @@ rule merge_maps:
     output:
         "results/{dataset}/{map_stage}/{classifier}/{entry}/maps.h5",
     wildcard_constraints:
-        map_stage="|".join([*MAP_STAGE_SPLITS, *WSOL_PARTS]),
+        map_stage="|".join([*inputs.MAP_STAGE_SPLITS, *inputs.WSOL_PARTS]),
     log:
         "logs/{dataset}/merge_{map_stage}_{classifier}_{entry}.log",
     benchmark:

@@ -11,11 +11,11 @@
 rule wsol_seeds_shard:
     input:
         classifier="results/{dataset}/classifier/{classifier}/model.pt",
-        manifest=wsol_part_manifest,
+        manifest=map_stage_manifest,
     output:
         shard_output("results/{dataset}/{map_stage}/{classifier}/{entry}/shards/shard-{shard}-of-{n}.h5"),
     wildcard_constraints:
-        map_stage="|".join(WSOL_PARTS),
+        map_stage="|".join(inputs.WSOL_PARTS),
         entry=alternatives(WSOL_SEED_NAMES),
     params:
         options=lambda w: cli_options(dataset_config(w)["seeds"][w.entry]) + opts.precision_options(config),

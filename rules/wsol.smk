@@ -6,7 +6,7 @@
 
 rule wsol_images:
     input:
-        lambda w: manifest(w, w.split),
+        lambda w: inputs.manifest(w.dataset, w.split),
     output:
         "results/{dataset}/wsol_data/{split}.csv",
     params:
@@ -31,8 +31,8 @@ rule wsol_images:
 rule train_weight_map:
     input:
         classifier="results/{dataset}/classifier/{classifier}/model.pt",
-        train=lambda w: wsol_manifest(w, wsol_settings(w)["calibration_split"]),
-        val=lambda w: wsol_manifest(w, wsol_settings(w)["evaluation_split"]),
+        train=lambda w: inputs.wsol_manifest(w.dataset, wsol_settings(w)["calibration_split"]),
+        val=lambda w: inputs.wsol_manifest(w.dataset, wsol_settings(w)["evaluation_split"]),
     output:
         model="results/{dataset}/weight_map/{classifier}/{entry}/model.pt",
         metrics="results/{dataset}/weight_map/{classifier}/{entry}/metrics.csv",
@@ -63,11 +63,11 @@ rule train_weight_map:
 rule weight_maps_shard:
     input:
         model="results/{dataset}/weight_map/{classifier}/{entry}/model.pt",
-        manifest=wsol_part_manifest,
+        manifest=map_stage_manifest,
     output:
         shard_output("results/{dataset}/{map_stage}/{classifier}/{entry}/shards/shard-{shard}-of-{n}.h5"),
     wildcard_constraints:
-        map_stage="|".join(WSOL_PARTS),
+        map_stage="|".join(inputs.WSOL_PARTS),
         entry=alternatives(WEIGHT_MAP_NAMES),
     params:
         device=DEVICE,

@@ -1,12 +1,15 @@
 import dataclasses
 
 import numpy as np
+import pydensecrf.densecrf as dcrf
 import pytest
+from pydensecrf.utils import unary_from_labels
 
 from wsss_steps.methods.crf import (
     DEEPLAB_CRF,
     IRN_CRF,
     CrfSettings,
+    crf_from_label_maps,
     crf_from_labels,
     crf_from_probs,
 )
@@ -54,6 +57,34 @@ def test_labels_accept_non_contiguous_views():
     assert not flipped.flags.c_contiguous
     expected = crf_from_labels(np.ascontiguousarray(flipped), np.ascontiguousarray(noisy[:, ::-1]), 2)
     np.testing.assert_array_equal(crf_from_labels(flipped, noisy[:, ::-1], 2), expected)
+
+
+def _one_crf_per_map(image, labels, num_labels, settings):
+    """The straightforward version: a new dense CRF, kernels and all, for every label map."""
+    height, width = labels.shape
+    crf = dcrf.DenseCRF2D(width, height, num_labels)
+    crf.setUnaryEnergy(np.ascontiguousarray(
+        unary_from_labels(labels, num_labels, gt_prob=settings.gt_prob, zero_unsure=False), dtype=np.float32))
+    crf.addPairwiseGaussian(sxy=settings.gaussian_sxy, compat=settings.gaussian_compat)
+    crf.addPairwiseBilateral(sxy=settings.bilateral_sxy, srgb=settings.bilateral_srgb, rgbim=image,
+                             compat=settings.bilateral_compat)
+    q = np.asarray(crf.inference(settings.iterations)).reshape(num_labels, height, width)
+    return np.argmax(q, axis=0)
+
+
+def test_a_sweeps_maps_share_the_kernels_and_equal_one_crf_each():
+    """A threshold sweep builds the pairwise kernels once (and refines a repeated map once); every
+    map's result equals its own CRF's, bitwise, also after maps of other labels."""
+    image, truth, noisy = _edge_scene(48, 64, 30, seed=3)
+    rng = np.random.default_rng(1)
+    maps = [noisy, truth, (rng.random(truth.shape) < 0.3).astype(np.int64) * 2, noisy.copy(),
+            np.zeros_like(truth)]
+    refined = crf_from_label_maps(image, maps, 3, IRN_CRF)
+    assert len(refined) == len(maps)
+    for labels, result in zip(maps, refined, strict=True):
+        np.testing.assert_array_equal(result, _one_crf_per_map(image, labels, 3, IRN_CRF))
+    assert not np.array_equal(refined[0], refined[2])  # the maps' own results, not the first's
+    assert crf_from_label_maps(image, [], 3) == []
 
 
 def test_single_label_and_bad_input():

@@ -36,7 +36,7 @@ from wsss_steps.evaluation.metrics import (
     segmentation_scores,
     threshold_confusion_matrices,
 )
-from wsss_steps.methods.crf import IRN_CRF, crf_from_labels
+from wsss_steps.methods.crf import IRN_CRF, crf_from_label_maps, crf_from_labels
 from wsss_steps.methods.labels import foreground_argmax, padded_argmax
 from wsss_steps.store.maps import MapReader, MapStoreError, shard_ids
 
@@ -125,12 +125,10 @@ def crf_confusions(seed: SeedImage, image: np.ndarray, thresholds: Sequence[floa
     """(T, L, L) confusion matrices of one image at every threshold, each label map refined by dCRF."""
     # Compact labels 0..K keep the CRF small (as IRN); `lut` maps them back to mask numbering.
     lut = np.r_[0, seed.keys + 1]
-    result = np.empty((len(thresholds), num_labels, num_labels), dtype=np.int64)
-    for i, threshold in enumerate(thresholds):
-        compact = padded_argmax(seed.cam, threshold)
-        refined = crf_from_labels(image, compact, lut.size, IRN_CRF)
-        result[i] = confusion_matrix(seed.mask, lut[refined], num_labels)
-    return result
+    compact = [padded_argmax(seed.cam, threshold) for threshold in thresholds]
+    refined = crf_from_label_maps(image, compact, lut.size, IRN_CRF)
+    return np.stack([confusion_matrix(seed.mask, lut[labels], num_labels) for labels in refined]) \
+        if refined else np.empty((0, num_labels, num_labels), dtype=np.int64)
 
 
 class _CrfJob:

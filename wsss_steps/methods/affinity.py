@@ -25,7 +25,7 @@ import logging
 import numpy as np
 
 from wsss_steps.data.images import IGNORE_LABEL
-from wsss_steps.methods.crf import IRN_CRF, CrfSettings, crf_from_labels
+from wsss_steps.methods.crf import IRN_CRF, CrfSettings, crf_from_label_maps, crf_from_labels
 from wsss_steps.methods.labels import padded_argmax
 
 log = logging.getLogger("wsss_steps.affinity_labels")
@@ -56,8 +56,9 @@ def two_threshold_labels(image: np.ndarray, cam: np.ndarray, keys: np.ndarray, c
     ``crf`` None skips the dCRF (not IRN; for tests and ablations).
     """
     cam, lut = _check(image, cam, keys)
-    fg = lut[_refine(image, padded_argmax(cam, conf_fg), lut.size, crf)]
-    bg = lut[_refine(image, padded_argmax(cam, conf_bg), lut.size, crf)]
+    compact = [padded_argmax(cam, conf_fg), padded_argmax(cam, conf_bg)]
+    refined = [c.astype(np.int64) for c in compact] if crf is None else crf_from_label_maps(image, compact, lut.size, crf)
+    fg, bg = lut[refined[0]], lut[refined[1]]
     label = fg.copy()
     label[fg == 0] = IGNORE_LABEL
     label[(fg == 0) & (bg == 0)] = 0

@@ -1,13 +1,14 @@
 """Dense CRF (pydensecrf): the one implementation the project uses.
 
 Two entry points: `crf_from_labels` refines a hard label map (IRN's ``crf_inference_label``, for
-seeds and affinity labels, docs/methods.md §5) and `crf_from_probs` refines class probabilities
-(DeepLab's test-time CRF, docs/methods.md §6). Other settings (e.g. P-NOC's 1-iteration pseudo-mask
+seeds and affinity labels, docs/methods.md §5; `crf_from_label_maps` several maps of one image)
+and `crf_from_probs` refines class probabilities (DeepLab's test-time CRF, docs/methods.md §6). Other settings (e.g. P-NOC's 1-iteration pseudo-mask
 CRF with gt_prob 0.9) are ``dataclasses.replace(IRN_CRF, iterations=1, gt_prob=0.9)``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -61,15 +62,62 @@ def _check_image(image: np.ndarray, height: int, width: int) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _infer(image: np.ndarray, unary: np.ndarray, num_labels: int, settings: CrfSettings) -> np.ndarray:
-    height, width = image.shape[:2]
-    crf = dcrf.DenseCRF2D(width, height, num_labels)
-    crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    crf.addPairwiseGaussian(sxy=settings.gaussian_sxy, compat=settings.gaussian_compat)
-    crf.addPairwiseBilateral(sxy=settings.bilateral_sxy, srgb=settings.bilateral_srgb, rgbim=image,
-                             compat=settings.bilateral_compat)
-    q = crf.inference(settings.iterations)
-    return np.asarray(q, dtype=np.float32).reshape(num_labels, height, width)
+class _DenseCrf:
+    """The dense CRF of one image: its two pairwise kernels (the bilateral one's permutohedral
+    lattice, most of a call's cost at 10 iterations) are built once, then `infer` runs mean field
+    from any number of unaries. Mean field starts from the unary alone, so each result equals a
+    CRF built for that unary (tests/test_crf.py)."""
+
+    def __init__(self, image: np.ndarray, num_labels: int, settings: CrfSettings):
+        self.height, self.width = image.shape[:2]
+        self.num_labels, self.iterations = num_labels, settings.iterations
+        self.crf = dcrf.DenseCRF2D(self.width, self.height, num_labels)
+        self.crf.addPairwiseGaussian(sxy=settings.gaussian_sxy, compat=settings.gaussian_compat)
+        self.crf.addPairwiseBilateral(sxy=settings.bilateral_sxy, srgb=settings.bilateral_srgb, rgbim=image,
+                                      compat=settings.bilateral_compat)
+
+    def infer(self, unary: np.ndarray) -> np.ndarray:
+        self.crf.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
+        q = self.crf.inference(self.iterations)
+        return np.asarray(q, dtype=np.float32).reshape(self.num_labels, self.height, self.width)
+
+
+def crf_from_label_maps(image: np.ndarray, label_maps: Sequence[np.ndarray], num_labels: int,
+                        settings: CrfSettings = IRN_CRF) -> list[np.ndarray]:
+    """`crf_from_labels` of several label maps of one image (a threshold sweep, IRN's two
+    thresholds): the pairwise kernels are built once and a map equal to an earlier one is not
+    refined again; each result equals `crf_from_labels` of its map."""
+    image = np.asarray(image)
+    refined: list[np.ndarray] = []
+    crf: _DenseCrf | None = None
+    for index, labels in enumerate(label_maps):
+        labels = _check_labels(labels, num_labels)
+        height, width = labels.shape
+        image = _check_image(image, height, width)
+        earlier = next((i for i in range(index) if np.array_equal(label_maps[i], labels)), None)
+        if earlier is not None:
+            refined.append(refined[earlier])
+        elif num_labels == 1:  # one label: nothing to decide (and unary_from_labels would divide by 0)
+            refined.append(np.zeros((height, width), dtype=np.int64))
+        else:
+            crf = crf if crf is not None else _DenseCrf(image, num_labels, settings)
+            unary = unary_from_labels(labels.astype(np.int64), num_labels, gt_prob=settings.gt_prob,
+                                      zero_unsure=False)
+            refined.append(np.argmax(crf.infer(unary), axis=0).astype(np.int64))
+    return refined
+
+
+def _check_labels(labels: np.ndarray, num_labels: int) -> np.ndarray:
+    labels = np.asarray(labels)
+    if labels.ndim != 2:
+        raise ValueError(f"CRF labels must be (H, W), not {labels.shape}")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"CRF labels must be integers, not {labels.dtype}")
+    if num_labels < 1:
+        raise ValueError(f"num_labels must be >= 1, not {num_labels}")
+    if labels.size and (labels.min() < 0 or labels.max() >= num_labels):
+        raise ValueError(f"CRF labels hold values outside 0..{num_labels - 1}")
+    return labels
 
 
 def crf_from_labels(image: np.ndarray, labels: np.ndarray, num_labels: int,
@@ -80,23 +128,7 @@ def crf_from_labels(image: np.ndarray, labels: np.ndarray, num_labels: int,
     ``unary_from_labels`` with ``zero_unsure=False``, as IRN). Returns the argmax labels (H, W) int64.
     Pass compact labels (0 = background, 1..K = the image's classes) so num_labels stays small.
     """
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise ValueError(f"CRF labels must be (H, W), not {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"CRF labels must be integers, not {labels.dtype}")
-    height, width = labels.shape
-    image = _check_image(image, height, width)
-    if num_labels < 1:
-        raise ValueError(f"num_labels must be >= 1, not {num_labels}")
-    if labels.size and (labels.min() < 0 or labels.max() >= num_labels):
-        raise ValueError(f"CRF labels hold values outside 0..{num_labels - 1}")
-    if num_labels == 1:  # one label: nothing to decide (and unary_from_labels would divide by 0)
-        return np.zeros((height, width), dtype=np.int64)
-    unary = unary_from_labels(labels.astype(np.int64), num_labels, gt_prob=settings.gt_prob,
-                              zero_unsure=False)
-    q = _infer(image, unary, num_labels, settings)
-    return np.argmax(q, axis=0).astype(np.int64)
+    return crf_from_label_maps(image, [labels], num_labels, settings)[0]
 
 
 def crf_from_probs(image: np.ndarray, probs: np.ndarray, settings: CrfSettings = DEEPLAB_CRF) -> np.ndarray:
@@ -113,4 +145,4 @@ def crf_from_probs(image: np.ndarray, probs: np.ndarray, settings: CrfSettings =
     if not np.isfinite(probs).all():
         raise ValueError("CRF probabilities hold NaN or infinite values")
     unary = -np.log(np.clip(probs.astype(np.float32), PROB_CLIP, 1.0)).reshape(num_labels, -1)
-    return _infer(image, unary, num_labels, settings)
+    return _DenseCrf(image, num_labels, settings).infer(unary)
