@@ -119,10 +119,14 @@ def test_training_learns_and_writes_outputs(reference_run: Path) -> None:
     assert read_classifier_meta(reference_run / "model.pt")["val_map"] == pytest.approx(meta["val_map"])
 
 
-def test_same_seed_gives_identical_weights(manifests: tuple[Path, Path], reference_run: Path,
-                                           tmp_path: Path) -> None:
-    assert train_classifier.main(_args(manifests, tmp_path, 4)) == 0
+def test_same_seed_gives_identical_weights_however_often_it_validates(
+        manifests: tuple[Path, Path], reference_run: Path, tmp_path: Path) -> None:
+    assert train_classifier.main(_args(manifests, tmp_path, 4, "--validate-every", "3")) == 0
     assert _same_weights(tmp_path / "model.pt", reference_run / "model.pt")
+    with (tmp_path / "metrics.csv").open() as handle:
+        assert [bool(r["val_map"]) for r in csv.DictReader(handle)] == [False, False, True, True]
+    assert read_classifier_meta(tmp_path / "model.pt")["val_map"] == \
+        pytest.approx(read_classifier_meta(reference_run / "model.pt")["val_map"])
 
 
 def test_interrupted_run_resumes_to_the_same_weights(manifests: tuple[Path, Path], reference_run: Path,

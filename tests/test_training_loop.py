@@ -49,7 +49,7 @@ class NoisyPoints(Points):
 
 def _run(tmp_path: Path, epochs: int = 4, stop_after: int | None = None, keep: bool = False,
          settings: dict | None = None, workers: int = 0, noisy: bool = False, precision: str = "fp32",
-         tensor_parts: bool = False) -> tuple[nn.Module, nn.Module, object]:
+         tensor_parts: bool = False, validate_every: int | None = None) -> tuple[nn.Module, nn.Module, object]:
     torch.manual_seed(0)
     model, second = nn.Linear(3, 1), nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -66,13 +66,19 @@ def _run(tmp_path: Path, epochs: int = 4, stop_after: int | None = None, keep: b
         return (model(x).squeeze(1) - y).pow(2).mean(), \
             {"second": second_loss.detach() if tensor_parts else second_loss.item()}
 
+    @torch.no_grad()
+    def validate(epoch: int) -> dict[str, float]:
+        model.eval()
+        return {"val": (model(dataset.x).squeeze(1) - dataset.y).pow(2).mean().item()}
+
     trainee = Trainee(model, optimizer, [0.1], dataset, step,
+                      validate=validate if validate_every is not None else None,
                       extra_state={"second": second, "second_optimizer": second_optimizer})
     plan = LoopSettings(name="toy", epochs=epochs, batch_size=4, seed=3, device=torch.device("cpu"),
                         settings=settings or {"toy": 1}, checkpoint_dir=tmp_path / "ckpt",
                         stop_after_epochs=stop_after, keep_epoch_weights=keep, metrics_path=tmp_path / "m.csv",
-                        metric_columns=("epoch", "step", "lr", "loss", "second", "seconds"),
-                        num_workers=workers, precision=precision)
+                        metric_columns=("epoch", "step", "lr", "loss", "second", "val", "seconds"),
+                        num_workers=workers, precision=precision, validate_every=1 if validate_every is None else validate_every)
     return model, second, train(trainee, plan)
 
 
@@ -126,6 +132,19 @@ def test_worker_processes_give_the_same_weights_and_resume_bitwise(tmp_path: Pat
     assert [line.rsplit(",", 1)[0] for line in (tmp_path / "alone" / "m.csv").read_text().splitlines()] == \
         [line.rsplit(",", 1)[0] for line in (tmp_path / "split" / "m.csv").read_text().splitlines()]
     assert outcome.settings_hash == settings_hash({"toy": 1})  # the worker count is no part of it
+
+
+def test_validation_every_few_epochs_and_the_last_leaves_the_weights_alone(tmp_path: Path) -> None:
+    every, _, each = _run(tmp_path / "every", epochs=7, validate_every=1)
+    sparse, _, few = _run(tmp_path / "sparse", epochs=7, validate_every=3)
+    assert _same(every, sparse) and few.settings_hash == each.settings_hash
+    assert [row["epoch"] for row in few.history if "val" in row] == [3, 6, 7]
+    assert few.validation == each.validation  # the last epoch's, which both validate
+    rows = (tmp_path / "sparse" / "m.csv").read_text().splitlines()
+    val = rows[0].split(",").index("val")
+    assert [bool(line.split(",")[val]) for line in rows[1:]] == [False, False, True, False, False, True, True]
+    with pytest.raises(ValueError, match="validate_every"):
+        _run(tmp_path / "zero", validate_every=0)
 
 
 def test_parts_left_on_the_device_give_the_rows_of_python_floats(tmp_path: Path) -> None:

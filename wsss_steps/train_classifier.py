@@ -137,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="square crop size, zero-padded where the image is smaller (default: %(default)s)")
     train.add_argument("--seed", type=int, default=0,
                        help="seeds the init, epoch order and augmentation (default: %(default)s)")
+    train.add_argument("--validate-every", type=int, default=1, metavar="N",
+                       help="validate after every N-th epoch and the last; the weights do not depend on it "
+                       "(default: %(default)s)")
     add_checkpoint_arguments(parser)
     run = add_run_arguments(parser, training=True)
     run.add_argument("--name", default="cam", help="classifier name for the summary rows (default: %(default)s)")
@@ -284,7 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(variant_class, flag):
             columns += [name for name in names if name not in columns]
     plan = loop_settings(args, "train_classifier", device, settings, (*columns, "seconds"),
-                         loss_column="train_loss")
+                         loss_column="train_loss", validate_every=args.validate_every)
     outcome = train(trainee, plan)
     if not outcome.finished:
         return 0

@@ -2,10 +2,10 @@
 segmentation network, and the networks to come).
 
 A step builds its network, optimiser and dataset and hands them over as a `Trainee` with its
-hooks: ``step`` (a batch → loss and named parts), ``train_mode``, ``validate`` (after each
-epoch), ``extra_state`` (a second network and its optimiser, checkpointed with the first),
-``after_step`` (after each optimiser step: the second network's own step, more parts). The
-loop owns what every training shares:
+hooks: ``step`` (a batch → loss and named parts), ``train_mode``, ``validate`` (after every
+``validate_every``-th epoch and the last), ``extra_state`` (a second network and its optimiser,
+checkpointed with the first), ``after_step`` (after each optimiser step: the second network's own
+step, more parts). The loop owns what every training shares:
 
 - seeding: the epoch's sample order and augmentation come from (seed, epoch, index), never from
   a running RNG state, and torch's global generator is reseeded from (seed, epoch) each epoch, so a
@@ -95,6 +95,7 @@ class LoopSettings:
     checkpoint_every: int = 1
     stop_after_epochs: int | None = None
     keep_epoch_weights: bool = False
+    validate_every: int = 1  # epochs between validations (the last is always validated); not in `settings`
     metrics_path: Path | None = None
     metric_columns: Sequence[str] = ("epoch", "step", "lr", "loss", "seconds")
     loss_column: str = "loss"
@@ -256,6 +257,8 @@ def train(trainee: Trainee, plan: LoopSettings) -> TrainingResult:
     accumulation = plan.accumulation_steps
     if accumulation < 1:
         raise ValueError(f"{plan.name}: accumulation_steps must be ≥ 1, not {accumulation}")
+    if plan.validate_every < 1:
+        raise ValueError(f"{plan.name}: validate_every must be ≥ 1, not {plan.validate_every}")
     drop_last = num_items >= plan.batch_size  # a last batch of 1 would break BatchNorm
     epoch_steps = steps_per_epoch(num_items, plan.batch_size, accumulation)
     # Batches of an epoch: whole optimiser steps only (with fewer items than one step: them all).
@@ -325,7 +328,7 @@ def train(trainee: Trainee, plan: LoopSettings) -> TrainingResult:
                 raise RuntimeError(f"{plan.name}: loss is not finite in epoch {epoch + 1}; lower the learning rate")
             row: dict[str, Any] = {"epoch": epoch + 1, "step": step, "lr": f"{optimizer.param_groups[0]['lr']:.6g}"}
             row.update({k: f"{v / counts[k]:.6g}" for k, v in totals.items()})
-            if trainee.validate is not None:
+            if trainee.validate is not None and ((epoch + 1) % plan.validate_every == 0 or epoch + 1 == plan.epochs):
                 validation = trainee.validate(epoch)
                 row.update({k: v for k, v in validation.items() if k in plan.metric_columns})
             row["seconds"] = f"{time.perf_counter() - started:.2f}"
