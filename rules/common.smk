@@ -214,7 +214,7 @@ def wsol_settings(wildcards):
 
 
 def weight_maps(wildcards):
-    return dataset_config(wildcards).get("weight_maps") or {}
+    return inputs.weight_maps(dataset_config(wildcards))
 
 
 # Evaluations (rules/evaluation.smk)

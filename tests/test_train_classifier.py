@@ -156,6 +156,13 @@ def test_checkpoint_of_other_settings_is_not_resumed(manifests: tuple[Path, Path
     assert _same_weights(tmp_path / "model.pt", reference_run / "model.pt")
 
 
+def test_a_validation_interval_below_one_is_refused_before_training(manifests: tuple[Path, Path],
+                                                                     tmp_path: Path) -> None:
+    with pytest.raises(SystemExit, match="--validate-every must be ≥ 1, not 0"):
+        train_classifier.main(_args(manifests, tmp_path, 4, "--validate-every", "0"))
+    assert not (tmp_path / "metrics.csv").exists()
+
+
 def test_help_lists_the_options(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_info:
         train_classifier.main(["--help"])

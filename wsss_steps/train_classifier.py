@@ -160,6 +160,8 @@ def _resolve_defaults(args: argparse.Namespace) -> None:
     if args.batch_size < 1:
         problems.append(f"--batch-size must be ≥ 1, not {args.batch_size}")
     problems += check_checkpoint(args)
+    if args.validate_every < 1:
+        problems.append(f"--validate-every must be ≥ 1, not {args.validate_every}")
     if args.summary and not args.val_manifest:
         problems.append("--summary needs --val-manifest")
     if args.seed < 0:

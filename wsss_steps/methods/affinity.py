@@ -25,7 +25,7 @@ import logging
 import numpy as np
 
 from wsss_steps.data.images import IGNORE_LABEL
-from wsss_steps.methods.crf import IRN_CRF, CrfSettings, crf_from_label_maps, crf_from_labels
+from wsss_steps.methods.crf import IRN_CRF, CrfSettings, crf_from_label_maps
 from wsss_steps.methods.labels import padded_argmax
 
 log = logging.getLogger("wsss_steps.affinity_labels")
@@ -33,9 +33,10 @@ log = logging.getLogger("wsss_steps.affinity_labels")
 STAGE = "affinity_labels"
 
 
-def _refine(image: np.ndarray, compact: np.ndarray, num_labels: int, crf: CrfSettings | None) -> np.ndarray:
-    return compact.astype(np.int64) if crf is None else crf_from_labels(image, compact, num_labels, crf)
-
+def _refine(image: np.ndarray, compact: list[np.ndarray], num_labels: int,
+            crf: CrfSettings | None) -> list[np.ndarray]:
+    """The label maps of one image, refined by one dCRF (its kernels built once) or as they are."""
+    return [c.astype(np.int64) for c in compact] if crf is None else crf_from_label_maps(image, compact, num_labels, crf)
 
 
 
@@ -57,8 +58,7 @@ def two_threshold_labels(image: np.ndarray, cam: np.ndarray, keys: np.ndarray, c
     """
     cam, lut = _check(image, cam, keys)
     compact = [padded_argmax(cam, conf_fg), padded_argmax(cam, conf_bg)]
-    refined = [c.astype(np.int64) for c in compact] if crf is None else crf_from_label_maps(image, compact, lut.size, crf)
-    fg, bg = lut[refined[0]], lut[refined[1]]
+    fg, bg = (lut[labels] for labels in _refine(image, compact, lut.size, crf))
     label = fg.copy()
     label[fg == 0] = IGNORE_LABEL
     label[(fg == 0) & (bg == 0)] = 0
@@ -73,8 +73,8 @@ def saliency_labels(image: np.ndarray, cam: np.ndarray, keys: np.ndarray, salien
     saliency = np.asarray(saliency, dtype=np.float32)
     if saliency.shape != cam.shape[1:]:
         raise ValueError(f"saliency map is {saliency.shape}, seed maps are {cam.shape[1:]}")
-    salient = _refine(image, (saliency > sal_bg_threshold).astype(np.int64), 2, crf)
-    fg = lut[_refine(image, salient * padded_argmax(cam, sal_fg_threshold), lut.size, crf)]
+    salient = _refine(image, [(saliency > sal_bg_threshold).astype(np.int64)], 2, crf)[0]
+    fg = lut[_refine(image, [salient * padded_argmax(cam, sal_fg_threshold)], lut.size, crf)[0]]
     label = fg.copy()
     label[fg == 0] = IGNORE_LABEL
     label[(fg == 0) & (salient == 0)] = 0

@@ -171,9 +171,13 @@ def segmentation_train_inputs(config: Config, w: Wildcards) -> dict[str, str]:
 # WSOL (rules/wsol.smk): maps of two parts from seeds entries (cam, advcam) or weight_maps entries.
 
 
+def weight_maps(config: Config) -> Mapping[str, Any]:
+    return config.get("weight_maps") or {}
+
+
 def wsol_threshold(config: Config, w: Wildcards) -> str:
     """`calibrate` for seeds entries; a weight_maps entry's box_threshold (the paper's max/10)."""
-    return threshold_of_entry(w.entry, config.get("weight_maps") or {})
+    return threshold_of_entry(w.entry, weight_maps(config))
 
 
 def wsol_maps(w: Wildcards, part: str) -> str:
